@@ -1,0 +1,1983 @@
+#!/usr/bin/env python3
+"""distcc.py: distribute C and C++ compiles over ssh, in one file.
+
+One program, three roles, chosen by argv:
+
+    wrapper   distcc.py gcc -c foo.c -o foo.o    what the build runs
+    relay     distcc.py --relay ...              forked by the first wrapper
+              that needs a host; one per host; listens on a Unix socket in
+              $DISTCC_DIR and holds one ssh session open, over which it
+              multiplexes the jobs of every wrapper
+    server    distcc.py -i                       started on the build host by
+              ssh; many jobs over one stdin/stdout stream
+
+One job's path:
+
+    wrapper: scan argv -> preprocess here (gcc -E -fdirectives-only, which
+             also writes any .d file) -> zlib -> JOB frame to the relay
+    relay:   -> the same frame, renumbered, over the ssh session
+    server:  -> rebuilds the compiler command itself, compiles in a private
+             temp dir -> zlib the object -> RESULT frame back
+    wrapper: -> writes the object to a temp name beside the target and
+             renames it into place, prints the compiler's output and exits
+             with the compiler's status
+
+Anything that goes wrong on the way (ssh, the relay, the host) compiles
+locally instead, unless DISTCC_FALLBACK=0.  A compile error on the host is
+the answer, not a fault.
+
+Frames (all integers big-endian):
+
+    offset size field
+    0      2    magic b"DP"
+    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY
+    3      1    flags (zero)
+    4      4    job id (the relay numbers its jobs; wrappers send 0)
+    8      4    body length, at most MAX_FRAME
+    12     ...  body
+
+A JOB or RESULT body is a 4-byte length, a JSON object and the blobs whose
+sizes the object lists.  An ERROR body is a JSON object with "kind"
+("transport", "reject" or "protocol") and "message".
+
+The server speaks first: one banner line, "DISTCC.PY <protocol> <version>",
+which the client finds even after noise from the host's shell start-up files.
+
+Environment:
+
+    DISTCC_HOSTS          host list: @host, user@host, /LIMIT, :COMMAND,
+                          localhost (default: $DISTCC_DIR/hosts)
+    DISTCC_DIR            state directory (default ~/.distcc)
+    DISTCC_SSH            ssh command with options (default "ssh")
+    DISTCC_VERBOSE        1 traces every decision to stderr
+    DISTCC_LOG            file to append the trace and warnings to
+    DISTCC_FALLBACK       0 turns a failed remote compile into an error
+    DISTCC_RELAY_TIMEOUT  seconds an idle relay lives (default 300)
+    DISTCC_CONNECT_TIMEOUT seconds to wait for a host's banner (default 20)
+"""
+
+import errno
+import json
+import os
+import re
+import struct
+import sys
+import zlib
+
+# ---------------------------------------------------------------------------
+# Constants & protocol
+#
+# Everything both ends must agree on, and the defaults.  No I/O here.
+
+VERSION = "0.1.0"
+PROTOCOL = 1
+BANNER_PREFIX = b"DISTCC.PY "
+BANNER = BANNER_PREFIX + b"%d %s\n" % (PROTOCOL, VERSION.encode())
+BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
+
+HEADER = struct.Struct(">2sBBII")    # magic, type, flags, job id, length
+MAGIC = b"DP"
+MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
+META_LENGTH = struct.Struct(">I")
+
+JOB, RESULT, ERROR, QUERY, IDENTITY = 1, 2, 3, 4, 5
+FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
+               QUERY: "QUERY", IDENTITY: "IDENTITY"}
+
+# Level 1: preprocessed C shrinks about 4.6x at ~160 MB/s, far faster than
+# ssh can encrypt the difference.
+COMPRESS_LEVEL = 1
+
+ENV_HOSTS = "DISTCC_HOSTS"
+ENV_DIR = "DISTCC_DIR"
+ENV_SSH = "DISTCC_SSH"
+ENV_VERBOSE = "DISTCC_VERBOSE"
+ENV_LOG = "DISTCC_LOG"
+ENV_FALLBACK = "DISTCC_FALLBACK"
+ENV_RELAY_TIMEOUT = "DISTCC_RELAY_TIMEOUT"
+ENV_CONNECT_TIMEOUT = "DISTCC_CONNECT_TIMEOUT"
+
+DEFAULT_RELAY_TIMEOUT = 300.0
+DEFAULT_CONNECT_TIMEOUT = 20.0
+DEFAULT_HOST_LIMIT = 4
+DEFAULT_REMOTE_COMMAND = "distcc.py"
+CONTROL_PERSIST = "600"              # seconds a master outlives its relay
+SERVER_ALIVE_INTERVAL = "15"
+SOCKET_PATH_LIMIT = 100              # sun_path is 104 (BSD) or 108 bytes
+
+# Locale and colour settings change what the compiler prints; they travel
+# with every job instead of relying on ssh's SendEnv.
+FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
+                 "GCC_COLORS")
+
+EXIT_DISTCC_FAILED = 100             # remote compile failed, fallback off
+EXIT_BAD_ARGUMENTS = 101             # usage or configuration error
+EXIT_COMPILER_MISSING = 127
+
+# ---------------------------------------------------------------------------
+# Errors & logging
+#
+# One exception class per failure class; main dispatch maps them to exit
+# codes.  warn() always prints; trace() prints only when DISTCC_VERBOSE is
+# set.  Both go to DISTCC_LOG when it is set.
+
+
+class DistccError(Exception):
+    """Base of every error distcc.py raises on purpose."""
+
+    what = "error"
+
+    def __init__(self, detail, hint=""):
+        Exception.__init__(self, detail)
+        self.detail = detail
+        self.hint = hint
+
+    def __str__(self):
+        text = "%s: %s" % (self.what, self.detail)
+        return text + ("; " + self.hint if self.hint else "")
+
+
+class UsageError(DistccError):
+    """Bad arguments or configuration: the build cannot go on."""
+
+    what = "usage"
+
+
+class LocalOnly(DistccError):
+    """The compile cannot be distributed; carries the reason.  Not a
+    failure."""
+
+    what = "local"
+
+    def __init__(self, reason):
+        DistccError.__init__(self, reason)
+
+    def __str__(self):
+        return self.detail
+
+
+class TransportError(DistccError):
+    """ssh, the relay or the host is unreachable or died."""
+
+    what = "transport"
+
+
+class ProtocolError(DistccError):
+    """Bad magic, a short or oversized frame, or a bad banner."""
+
+    what = "protocol"
+
+
+class Rejected(DistccError):
+    """The host refused the job (say, a compiler it does not have)."""
+
+    what = "rejected"
+
+
+ERROR_KINDS = {"transport": TransportError, "protocol": ProtocolError,
+               "reject": Rejected}
+
+
+class Log:
+    """Where warnings and the trace go; set once by main dispatch."""
+
+    role = "wrapper"
+    verbose = False
+    path = None
+
+
+def _emit(line, to_stderr):
+    if Log.path:
+        try:
+            with open(Log.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+        except OSError:
+            to_stderr = True  # an unwritable log must not hide the message
+    if to_stderr:
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a detached relay has no stderr left
+
+
+def warn(message):
+    """Print 'distcc.py: MESSAGE' to stderr (and DISTCC_LOG)."""
+    prefix = "distcc.py: " if Log.role == "wrapper" else \
+        "distcc.py: %s: " % Log.role
+    _emit(prefix + message, True)
+
+
+def trace(message):
+    """Log a trace line when DISTCC_VERBOSE is set (to DISTCC_LOG if set,
+    else stderr)."""
+    if Log.verbose:
+        _emit("distcc.py[%d] %s: %s" % (os.getpid(), Log.role, message),
+              not Log.path)
+
+
+def describe_exit(status, program):
+    """Say in words what an exit status of PROGRAM means."""
+    if status < 0:
+        import signal
+        try:
+            name = signal.Signals(-status).name
+        except ValueError:
+            name = "signal %d" % -status
+        return "%s was killed by %s" % (program, name)
+    if program == "ssh" and status == 255:
+        return "ssh failed (exit 255: connection or authentication)"
+    if status == 127:
+        return "%s: remote command not found (exit 127)" % program
+    if status == 126:
+        return "%s: remote command is not executable (exit 126)" % program
+    return "%s exited with status %d" % (program, status)
+
+# ---------------------------------------------------------------------------
+# Framing
+#
+# Reading and writing frames on any binary file object, and packing the
+# JSON-plus-blobs bodies.  Knows nothing about jobs.
+
+
+def read_exactly(f, n):
+    """Read exactly N bytes from F.
+
+    Raises ProtocolError on EOF before N bytes (naming both counts)."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise ProtocolError("connection closed inside a frame: expected "
+                                "%d bytes, received %d" % (n, got))
+        got += k
+    return buf
+
+
+def read_frame(f):
+    """Read one frame; return (type, job_id, body) or None on a clean EOF.
+
+    Raises ProtocolError on bad magic, an oversized length or a short read."""
+    first = f.read(1)
+    if not first:
+        return None
+    header = bytes(first) + bytes(read_exactly(f, HEADER.size - 1))
+    magic, kind, _flags, job_id, length = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise ProtocolError("bad frame magic %r (expected %r)" % (magic, MAGIC))
+    if kind not in FRAME_NAMES:
+        raise ProtocolError("unknown frame type %d" % kind)
+    if length > MAX_FRAME:
+        raise ProtocolError("frame of %d bytes is over the %d-byte limit"
+                            % (length, MAX_FRAME))
+    return kind, job_id, read_exactly(f, length)
+
+
+def frame_parts(kind, job_id, parts):
+    """Return the header for a frame whose body is the buffers PARTS."""
+    length = sum(len(p) for p in parts)
+    if length > MAX_FRAME:
+        raise ProtocolError("frame of %d bytes is over the %d-byte limit"
+                            % (length, MAX_FRAME))
+    return HEADER.pack(MAGIC, kind, 0, job_id, length)
+
+
+def write_frame(f, kind, job_id, parts):
+    """Write one frame whose body is the concatenation of PARTS, and flush."""
+    if isinstance(parts, (bytes, bytearray, memoryview)):
+        parts = [parts]
+    f.write(frame_parts(kind, job_id, parts))
+    for part in parts:
+        f.write(part)
+    f.flush()
+
+
+def pack_body(meta, blobs=()):
+    """Return the parts of a JSON-plus-blobs body."""
+    meta = dict(meta, sizes=[len(b) for b in blobs])
+    text = json.dumps(meta, separators=(",", ":")).encode()
+    return [META_LENGTH.pack(len(text)), text] + list(blobs)
+
+
+def unpack_meta(body):
+    """Return (meta, offset of the first blob) of a JSON-plus-blobs body.
+
+    Raises ProtocolError when the body is malformed."""
+    if len(body) < META_LENGTH.size:
+        raise ProtocolError("body of %d bytes has no metadata" % len(body))
+    (n,) = META_LENGTH.unpack_from(body)
+    end = META_LENGTH.size + n
+    if end > len(body):
+        raise ProtocolError("metadata of %d bytes overruns a %d-byte body"
+                            % (n, len(body)))
+    try:
+        meta = json.loads(bytes(body[META_LENGTH.size:end]))
+    except ValueError as e:
+        raise ProtocolError("metadata is not JSON: %s" % e)
+    if not isinstance(meta, dict):
+        raise ProtocolError("metadata is not a JSON object")
+    return meta, end
+
+
+def unpack_body(body):
+    """Return (meta, blobs) of a JSON-plus-blobs body.
+
+    Raises ProtocolError when the sizes do not add up."""
+    meta, pos = unpack_meta(body)
+    sizes = meta.get("sizes")
+    if not isinstance(sizes, list) or not all(
+            isinstance(s, int) and s >= 0 for s in sizes):
+        raise ProtocolError("metadata has no valid 'sizes' list")
+    if pos + sum(sizes) != len(body):
+        raise ProtocolError("blob sizes %s do not match a %d-byte body"
+                            % (sizes, len(body)))
+    view = memoryview(body)
+    blobs = []
+    for size in sizes:
+        blobs.append(view[pos:pos + size])
+        pos += size
+    return meta, blobs
+
+
+def error_body(kind, message):
+    """Return the body of an ERROR frame."""
+    return json.dumps({"kind": kind, "message": message}).encode()
+
+
+def raise_error_body(body):
+    """Raise the exception an ERROR frame's body describes."""
+    try:
+        err = json.loads(bytes(body))
+        kind, message = err["kind"], str(err["message"])
+    except (ValueError, KeyError, TypeError):
+        raise ProtocolError("malformed ERROR frame")
+    raise ERROR_KINDS.get(kind, ProtocolError)(message)
+
+
+def decompress(data, limit=MAX_FRAME):
+    """Inflate zlib DATA, refusing to grow past LIMIT bytes.
+
+    Raises ProtocolError on corrupt or oversized data."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit)
+    except zlib.error as e:
+        raise ProtocolError("corrupt compressed data: %s" % e)
+    if d.unconsumed_tail or not d.eof:
+        raise ProtocolError("compressed data is truncated or over %d bytes"
+                            % limit)
+    return out
+
+# ---------------------------------------------------------------------------
+# Argument scanning
+#
+# Pure functions that turn a compiler command line into a Job, or raise
+# LocalOnly with the reason it must run here.  They touch no files; the
+# wrapper checks the few facts that need the file system.
+
+SOURCE_LANGS = {
+    ".c": "c", ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".cp": "c++",
+    ".c++": "c++", ".C": "c++", ".CPP": "c++", ".m": "objective-c",
+    ".mm": "objective-c++", ".M": "objective-c++",
+    ".i": "cpp-output", ".ii": "c++-cpp-output",
+    ".mi": "objective-c-cpp-output", ".mii": "objective-c++-cpp-output",
+}
+PREPROCESSED_LANGS = {"cpp-output", "c++-cpp-output",
+                      "objective-c-cpp-output", "objective-c++-cpp-output"}
+DISTRIBUTABLE_LANGS = {"c", "c++", "objective-c", "objective-c++"} | \
+    PREPROCESSED_LANGS
+
+# Preprocessor options: they run here, and are dropped from the host's
+# command.  Those in the first set take a value, joined or separate.
+CPP_OPTIONS_WITH_VALUE = (
+    "-D", "-U", "-I", "-MF", "-MT", "-MQ", "-include", "-imacros",
+    "-isystem", "-iquote", "-idirafter", "-iprefix",
+    "-iwithprefixbefore", "-iwithprefix", "-isysroot", "-imultilib",
+    "--sysroot",
+)
+# Link-only options: meaningless with -c, so the host never sees them.
+LINK_OPTIONS_WITH_VALUE = {"-L", "-l", "-T", "-u", "-z", "-e", "-Xlinker"}
+CPP_FLAGS = {"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++",
+             "-undef", "-C", "-CC", "-H", "-P", "-remap"}
+
+# Options whose value is a separate argument that is not a source file.
+OPTIONS_WITH_SEPARATE_VALUE = {
+    "-o", "-x", "-MF", "-MT", "-MQ", "-D", "-U", "-I", "-include",
+    "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
+    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib",
+    "--sysroot", "--param", "-Xpreprocessor", "-Xassembler", "-Xlinker",
+    "-Xclang", "-mllvm", "-aux-info", "-L", "-l", "-T", "-u", "-z", "-e",
+    "-target", "--target", "-arch", "-dumpbase", "-dumpdir",
+    "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G",
+}
+
+# Local-only options, each with the reason.  Exact matches first, then
+# prefixes; the first match wins.
+LOCAL_EXACT = {
+    "-E": "-E only preprocesses",
+    "-M": "-M only lists dependencies", "-MM": "-MM only lists dependencies",
+    "-fsyntax-only": "-fsyntax-only writes no object",
+    "-march=native": "-march=native tunes for this machine",
+    "-mtune=native": "-mtune=native tunes for this machine",
+    "-mcpu=native": "-mcpu=native tunes for this machine",
+    "-fprofile-arcs": "-fprofile-arcs writes profile notes here",
+    "-ftest-coverage": "-ftest-coverage writes .gcno files here",
+    "--coverage": "--coverage writes .gcno files here",
+    "-frepo": "-frepo reads and writes .rpo files here",
+    "-gsplit-dwarf": "-gsplit-dwarf writes a .dwo file that is not shipped",
+    "-fstack-usage": "-fstack-usage writes a .su file that is not shipped",
+    "-traditional-cpp": "-traditional-cpp is not supported remotely",
+    "-wrapper": "-wrapper runs a program on the host",
+    "-Xclang": "-Xclang passes raw options that can load plugins",
+    "-Xassembler": "-Xassembler options may write listings",
+    "-Xpreprocessor": "-Xpreprocessor options are not parsed",
+    "-aux-info": "-aux-info writes a side file",
+    "-MJ": "-MJ writes a compilation database entry",
+    "-g3": "-g3 records macros the host would see differently",
+    "-ggdb3": "-g3 records macros the host would see differently",
+}
+LOCAL_PREFIXES = (
+    ("-fprofile-generate", "-fprofile-generate writes profiles here"),
+    ("-fprofile-use", "-fprofile-use reads profiles from this machine"),
+    ("-fprofile-instr-", "clang profiling reads or writes files here"),
+    ("-fprofile-sample-use", "-fprofile-sample-use reads a profile here"),
+    ("-fprofile-dir", "-fprofile-dir names a directory here"),
+    ("-fauto-profile", "-fauto-profile reads a profile here"),
+    ("-fplugin", "-fplugin loads a plugin that must not run on the host"),
+    ("-specs", "-specs reads a specs file"),
+    ("--specs", "-specs reads a specs file"),
+    ("-B", "-B names a directory of compiler programs"),
+    ("@", "@file response files are read here"),
+    ("-save-temps", "-save-temps writes side files that are not shipped"),
+    ("-fdump-", "-fdump- writes side files that are not shipped"),
+    ("-fcallgraph-info", "-fcallgraph-info writes a side file"),
+    ("-Wp,", "-Wp, passes options straight to the preprocessor"),
+    ("-fsanitize-blacklist", "sanitizer lists are files here"),
+    ("-fsanitize-ignorelist", "sanitizer lists are files here"),
+    ("-include-pch", "precompiled headers are files here"),
+    ("-fmodules", "clang modules read caches here"),
+    ("-ftime-trace", "-ftime-trace writes a side file"),
+)
+
+
+class Job:
+    """What one compile is, as the wrapper and the server need it."""
+
+    def __init__(self, compiler, argv):
+        self.compiler = compiler   # argv[0] as the build spelled it
+        self.argv = argv           # the whole command, compiler first
+        self.source = None         # input path as given
+        self.lang = None           # language, from -x or the extension
+        self.explicit_lang = None  # the -x value, if the user gave one
+        self.output = None         # object (or .s) path as gcc would write
+        self.mode = None           # "-c" or "-S"
+        self.cpp_args = []         # arguments for the local preprocessing
+        self.remote_args = []      # code-generation arguments for the host
+        self.depfile = None        # .d path the preprocessing writes
+
+    def to_dict(self):
+        """Return the fields as a dict (for --explain and tests)."""
+        return dict(self.__dict__)
+
+
+def compiler_family(compiler):
+    """Return "clang" or "gcc" from the compiler's name."""
+    name = os.path.basename(compiler)
+    return "clang" if "clang" in name else "gcc"
+
+
+def language_of(path):
+    """Return gcc's language for PATH's extension, or None."""
+    base = os.path.basename(path)
+    dot = base.rfind(".")
+    if dot <= 0:
+        return None
+    return SOURCE_LANGS.get(base[dot:])
+
+
+def replace_suffix(path, suffix):
+    """Replace PATH's extension with SUFFIX, as gcc's %.SUFFIX does."""
+    head, base = os.path.split(path)
+    dot = base.rfind(".")
+    if dot > 0:
+        base = base[:dot]
+    return os.path.join(head, base + suffix)
+
+
+def local_reason(arg):
+    """Return why ARG forces a local compile, or None."""
+    reason = LOCAL_EXACT.get(arg)
+    if reason:
+        return reason
+    for prefix, reason in LOCAL_PREFIXES:
+        if arg.startswith(prefix):
+            return reason
+    if arg.startswith("-Wa,") and any(
+            a.startswith("-a") or a.startswith("--MD")
+            for a in arg[4:].split(",")):
+        return "-Wa,-a writes an assembler listing here"
+    if arg.startswith("-fopt-info") and "=" in arg:
+        return "-fopt-info=FILE writes a side file"
+    return None
+
+
+def split_value_option(args, i, names):
+    """If args[i] is one of NAMES, joined or separate, return
+    (name, value, next index); otherwise None."""
+    arg = args[i]
+    for name in names:
+        if arg == name:
+            if i + 1 >= len(args):
+                raise LocalOnly("%s has no value" % name)
+            return name, args[i + 1], i + 2
+        if arg.startswith(name):
+            value = arg[len(name):]
+            if name.startswith("--"):
+                if not value.startswith("="):
+                    continue
+                value = value[1:]
+            return name, value, i + 1
+    return None
+
+
+def scan_args(argv):
+    """Turn a compiler command line into a Job.
+
+    Raises LocalOnly with the reason when the compile must run here."""
+    if not argv:
+        raise LocalOnly("no compiler given")
+    job = Job(argv[0], list(argv))
+    args = argv[1:]
+    sources = []
+    output = None
+    deps = False             # -MD or -MMD seen
+    mf = None
+    targets = False          # -MT or -MQ seen
+    cpp = []                 # arguments kept for preprocessing
+    remote = []              # arguments kept for the host
+    lang = None
+    family = compiler_family(job.compiler)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-" or (not arg.startswith("-") and not arg.startswith("@")):
+            sources.append((arg, lang))
+            i += 1
+            continue
+        reason = local_reason(arg)
+        if reason:
+            raise LocalOnly(reason)
+        if arg in ("-c", "-S"):
+            if job.mode and job.mode != arg:
+                raise LocalOnly("both -c and -S given")
+            job.mode = arg
+            i += 1
+            continue
+        if arg == "-o" or (arg.startswith("-o") and len(arg) > 2):
+            if arg == "-o":
+                if i + 1 >= len(args):
+                    raise LocalOnly("-o has no value")
+                output, i = args[i + 1], i + 2
+            else:
+                output, i = arg[2:], i + 1
+            continue
+        if arg == "-x" or (arg.startswith("-x") and len(arg) > 2):
+            if arg == "-x":
+                if i + 1 >= len(args):
+                    raise LocalOnly("-x has no value")
+                lang, i = args[i + 1], i + 2
+            else:
+                lang, i = arg[2:], i + 1
+            if lang == "none":
+                lang = None
+            elif lang not in DISTRIBUTABLE_LANGS:
+                raise LocalOnly("-x %s is not C, C++ or Objective-C" % lang)
+            continue
+        split = split_value_option(args, i, CPP_OPTIONS_WITH_VALUE)
+        if split:
+            name, value, nxt = split
+            if name == "-MF":
+                mf = value
+            elif name in ("-MT", "-MQ"):
+                targets = True
+                cpp.extend(args[i:nxt])
+            else:
+                cpp.extend(args[i:nxt])
+            i = nxt
+            continue
+        if arg in CPP_FLAGS:
+            if arg in ("-MD", "-MMD"):
+                deps = True
+            cpp.append(arg)
+            i += 1
+            continue
+        if arg in OPTIONS_WITH_SEPARATE_VALUE:
+            if i + 1 >= len(args):
+                raise LocalOnly("%s has no value" % arg)
+            cpp.extend(args[i:i + 2])
+            if arg not in LINK_OPTIONS_WITH_VALUE:
+                remote.extend(args[i:i + 2])
+            i += 2
+            continue
+        if arg.startswith(("-L", "-l", "-Wl,")) or arg in (
+                "-static", "-shared", "-pie", "-no-pie", "-rdynamic",
+                "-s", "-nostdlib", "-nodefaultlibs", "-nostartfiles"):
+            cpp.append(arg)  # link-only: the host does not need it
+            i += 1
+            continue
+        if family == "clang" and (arg == "-g" or arg.startswith("-g")) and \
+                arg not in ("-g0",):
+            raise LocalOnly("clang -g records file checksums the host "
+                            "cannot reproduce")
+        cpp.append(arg)
+        remote.append(arg)
+        i += 1
+
+    if not job.mode:
+        raise LocalOnly("no -c or -S: this command links")
+    if not sources:
+        raise LocalOnly("no source file")
+    if len(sources) > 1:
+        raise LocalOnly("%d source files in one command" % len(sources))
+    source, source_lang = sources[0]
+    if source == "-":
+        raise LocalOnly("source is standard input")
+    job.source = source
+    job.explicit_lang = source_lang
+    job.lang = source_lang or language_of(source)
+    if job.lang is None:
+        raise LocalOnly("%s is not a C, C++ or Objective-C source" % source)
+    if job.lang not in DISTRIBUTABLE_LANGS:
+        raise LocalOnly("-x %s is not C, C++ or Objective-C" % job.lang)
+    stem = os.path.basename(source)
+    if stem.startswith("conftest.") or stem.startswith("conftest_"):
+        raise LocalOnly("configure test programs are cheap and fragile")
+    if output == "-":
+        raise LocalOnly("output goes to standard output")
+    output_given = output is not None
+    if output is None:
+        output = replace_suffix(stem, ".o" if job.mode == "-c" else ".s")
+    job.output = output
+
+    if deps:
+        # The local compile derives the .d name and its target from -o;
+        # the preprocessing step has no -o, so spell both out.
+        if mf is None:
+            mf = replace_suffix(output if output_given else stem, ".d")
+        cpp.extend(["-MF", mf])
+        if not targets:
+            # gcc's default target is the -o name, quoted for make; without
+            # -o it is the source's stem with .o, even for -S.
+            cpp.extend(["-MQ", output if output_given
+                        else replace_suffix(stem, ".o")])
+        job.depfile = mf
+    elif mf is not None:
+        cpp.extend(["-MF", mf])
+    job.cpp_args = cpp
+    job.remote_args = remote
+    return job
+
+
+def preprocess_argv(job):
+    """Return the local preprocessing command for JOB (output on stdout)."""
+    if compiler_family(job.compiler) == "clang":
+        mode = ["-E", "-frewrite-includes"]
+    else:
+        # Macros stay unexpanded so the host computes the same columns and
+        # code as a local compile; includes and conditionals resolve here.
+        mode = ["-E", "-fdirectives-only"]
+    lang = ["-x", job.explicit_lang] if job.explicit_lang else []
+    return [job.compiler] + job.cpp_args + mode + lang + [job.source]
+
+
+def strip_builtins(text):
+    """Drop gcc's '<built-in>' #define block from the head of TEXT.
+
+    The host's compiler defines the same built-ins itself and would warn
+    that they are redefined.  The block follows the line markers that name
+    the source and (with -g) the working directory.  Returns a list of
+    buffers (no copy)."""
+    marker = b'# 0 "<built-in>"\n'
+    start = text.find(marker, 0, 8192)
+    if start < 0 or any(not line.startswith(b"# ")
+                        for line in text[:start].splitlines()):
+        return [text]
+    pos = start
+    while text.startswith(marker, pos):
+        end = text.find(b"\n", pos + len(marker))
+        if end < 0 or not text.startswith(b"#define ", pos + len(marker)):
+            break
+        pos = end + 1
+    view = memoryview(text)
+    return [view[:start], view[pos:]]
+
+
+# ---------------------------------------------------------------------------
+# Hosts
+#
+# DISTCC_HOSTS in distcc's ssh syntax.  Pure parsing and choice.
+
+
+class Host:
+    """One entry of the host list."""
+
+    def __init__(self, spec, hostname, user=None, limit=None, command=None):
+        self.spec = spec              # the token as written
+        self.hostname = hostname      # "localhost" for local slots
+        self.user = user              # ssh user, or None for the default
+        self.limit = limit            # max concurrent jobs, or None
+        self.command = command        # path of distcc.py on the host
+
+    @property
+    def is_local(self):
+        return self.hostname == "localhost" and self.user is None and \
+            not self.spec.startswith("@")
+
+    def key(self):
+        """Return a short stable name for this host's relay and files."""
+        import hashlib
+        ident = "%s\0%s\0%s" % (self.user or "", self.hostname,
+                                self.command or DEFAULT_REMOTE_COMMAND)
+        return hashlib.sha1(ident.encode()).hexdigest()[:12]
+
+    def __repr__(self):
+        return "Host(%r)" % self.spec
+
+
+HOST_OPTIONS = ("lzo", "cpp", "auth")
+
+
+def parse_host(token):
+    """Parse one DISTCC_HOSTS token into a Host.
+
+    Raises UsageError naming the token."""
+    spec = token
+    body = token
+    # distcc's ",lzo" and ",cpp" options: compression is always on here.
+    while "," in body and body.rsplit(",", 1)[1] in HOST_OPTIONS:
+        body = body.rsplit(",", 1)[0]
+    command = None
+    if body.startswith("localhost"):
+        rest = body[len("localhost"):]
+        if rest == "":
+            return Host(spec, "localhost")
+        if rest.startswith("/") and rest[1:].isdigit() and int(rest[1:]) > 0:
+            return Host(spec, "localhost", limit=int(rest[1:]))
+        raise UsageError("bad host %r" % token,
+                         "write localhost or localhost/N")
+    if "@" not in body:
+        raise UsageError(
+            "host %r is a TCP host" % token,
+            "distcc.py speaks ssh only: write it as @%s"
+            % body.split("/")[0].split(":")[0])
+    if body.startswith("@"):
+        body = body[1:]
+    user = None
+    if "@" in body.split(":")[0].split("/")[0]:
+        user, body = body.split("@", 1)
+        if not user:
+            raise UsageError("bad host %r: empty user name" % token,
+                             "write @host or user@host")
+    if ":" in body:
+        body, command = body.split(":", 1)
+        if not command:
+            raise UsageError("bad host %r: empty command after ':'" % token,
+                             "write @host:/path/to/distcc.py")
+    limit = None
+    if "/" in body:
+        body, text = body.split("/", 1)
+        if not text.isdigit() or int(text) < 1:
+            raise UsageError("bad host %r: limit %r is not a positive number"
+                             % (token, text), "write @host/8")
+        limit = int(text)
+    if not body or body.startswith("-") or any(c.isspace() for c in body):
+        raise UsageError("bad host %r: no host name" % token,
+                         "write @host or user@host")
+    return Host(spec, body, user=user, limit=limit, command=command)
+
+
+def parse_hosts(text):
+    """Parse a whole host list (whitespace, newlines, # comments).
+
+    Raises UsageError naming the first bad token."""
+    hosts = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0]
+        for token in line.split():
+            if token.startswith("--"):
+                continue  # --randomize, --localslots=N: not used yet
+            hosts.append(parse_host(token))
+    return hosts
+
+
+def choose_host(hosts):
+    """Return the host for the next job, or None to compile locally."""
+    for host in hosts:
+        if not host.is_local:
+            return host
+    return None
+
+# ---------------------------------------------------------------------------
+# Transport
+#
+# The ssh command line (pure) and the client end of a server session:
+# starting ssh, finding the banner, and raising plain-spoken errors.
+
+
+def build_ssh_argv(ssh_command, host, control_dir):
+    """Return the argv that runs the server on HOST over ssh.
+
+    SSH_COMMAND is DISTCC_SSH already split once with shlex."""
+    argv = list(ssh_command)
+    argv += [
+        # Never prompt for a password or a host key in the middle of a build.
+        "-o", "BatchMode=yes",
+        # One master per host: a respawned relay reconnects without a
+        # handshake.  %C is a hash, so the socket path stays short.
+        "-o", "ControlMaster=auto",
+        "-o", "ControlPath=" + os.path.join(control_dir, "cm-%C"),
+        "-o", "ControlPersist=" + CONTROL_PERSIST,
+        # Notice a dead peer instead of waiting on it forever.
+        "-o", "ServerAliveInterval=" + SERVER_ALIVE_INTERVAL,
+        "-o", "ServerAliveCountMax=3",
+        # We compress with zlib ourselves; doing it twice wastes CPU.
+        "-o", "Compression=no",
+        "-T", "-e", "none",
+    ]
+    if host.user:
+        argv += ["-l", host.user]
+    import shlex
+    command = shlex.quote(host.command or DEFAULT_REMOTE_COMMAND) + " -i"
+    argv += ["--", host.hostname, command]
+    return argv
+
+
+def find_banner(f):
+    """Read past shell noise up to the server's banner line.
+
+    Raises ProtocolError showing what came instead, or TransportError on EOF
+    (the caller knows why ssh ended)."""
+    seen = bytearray()
+    while len(seen) <= BANNER_NOISE_LIMIT:
+        line = f.readline(BANNER_NOISE_LIMIT)
+        if not line:
+            raise TransportError("connection closed before the server's "
+                                 "banner" + noise_note(seen))
+        if line.startswith(BANNER_PREFIX):
+            fields = line.split()
+            if len(fields) >= 3 and fields[1] == str(PROTOCOL).encode():
+                return fields[2].decode("ascii", "replace")
+            raise ProtocolError("server speaks %r, we speak protocol %d"
+                                % (line.strip().decode("ascii", "replace"),
+                                   PROTOCOL),
+                                "install the same distcc.py on both ends")
+        seen += line
+    raise ProtocolError("no banner in the first %d bytes%s"
+                        % (BANNER_NOISE_LIMIT, noise_note(seen)),
+                        "is distcc.py -i really the remote command?")
+
+
+def noise_note(seen):
+    """Return ' (received: ...)' with the first printable bytes of SEEN."""
+    if not seen:
+        return ""
+    text = bytes(seen[:80]).decode("ascii", "replace")
+    text = "".join(c if c.isprintable() else "." for c in text)
+    return " (received: %r)" % text
+
+# ---------------------------------------------------------------------------
+# Server (-i)
+#
+# The stdio loop that runs compilers for a client.  Each JOB gets a private
+# temp dir that mirrors the client's paths, so that the object records the
+# client's names; prefix maps remove the temp dir from debug info.  Runs
+# only compilers, only on preprocessed input, and answers every rejection
+# with an ERROR frame.
+
+COMPILER_NAME = re.compile(
+    r"^([A-Za-z0-9_.]+-)*(gcc|g\+\+|cc|c\+\+|clang|clang\+\+)(-[0-9.]+)?$")
+
+# Options a client must never make the host's compiler obey: they read or
+# write files of the host, or run programs.  Checked again here because a
+# hand-crafted client can send anything.
+SERVER_DENY_PREFIXES = (
+    "-fplugin", "-specs", "--specs", "-B", "-wrapper", "@", "-fprofile",
+    "-fauto-profile", "-o", "-x", "-Xassembler", "-Xlinker", "-Xclang",
+    "-Xpreprocessor", "-Wp,", "-Wl,", "-I", "-include", "-imacros",
+    "-isystem", "-iquote", "-idirafter", "-iprefix", "-iwithprefix",
+    "-iplugindir", "-isysroot", "--sysroot", "-save-temps", "-fdump-",
+    "-aux-info", "-M", "-fsanitize-blacklist", "-fsanitize-ignorelist",
+    "-include-pch", "-fmodules", "-fcallgraph-info", "-ftime-trace", "-L",
+    "-l", "-dumpdir", "-dumpbase", "--coverage", "-ftest-coverage", "-frepo",
+)
+SERVER_DENY_EXACT = {"-c", "-S", "-E", "-T", "-wrapper"}
+# Profile options that only change code generation.
+SERVER_PROFILE_ALLOWED = ("-fprofile-update", "-fprofile-reorder",
+                          "-fprofile-partial", "-fprofile-abs-path",
+                          "-fprofile-prefix-map", "-fprofile-info-section")
+SERVER_VALUE_OPTIONS = {"--param", "-mllvm", "-target", "-arch", "-G"}
+
+
+def check_server_args(args):
+    """Raise Rejected unless every element of ARGS is a safe code-generation
+    option."""
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise Rejected("arguments must be a list of strings")
+    expect_value = False
+    for arg in args:
+        if "\0" in arg:
+            raise Rejected("argument contains a NUL byte")
+        if expect_value:
+            expect_value = False
+            continue
+        if not arg.startswith("-"):
+            raise Rejected("argument %r is not an option" % arg)
+        refused = arg in SERVER_DENY_EXACT or (
+            arg.startswith(SERVER_DENY_PREFIXES) and
+            not arg.startswith(SERVER_PROFILE_ALLOWED)) or (
+            arg.startswith("-Wa,") and local_reason(arg) is not None) or (
+            arg.startswith("-fopt-info") and "=" in arg)
+        if refused:
+            raise Rejected("refused option %r: it reads or writes files or "
+                           "runs programs on the host" % arg)
+        if arg in SERVER_VALUE_OPTIONS:
+            expect_value = True
+    if expect_value:
+        raise Rejected("option %r has no value" % args[-1])
+
+
+def confined_path(root, cwd, name):
+    """Return ROOT + the absolute form of NAME (relative to the client's
+    CWD), which is always inside ROOT.
+
+    Raises Rejected on a name that cannot be mapped."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise Rejected("bad path %r" % (name,))
+    full = os.path.normpath(os.path.join(cwd, name))
+    if not full.startswith("/"):
+        raise Rejected("path %r is not absolute on the client" % full)
+    # normpath of an absolute path has no '..' left above '/', so the
+    # result cannot leave ROOT; the directories below ROOT are ours.
+    path = os.path.normpath(root + full)
+    if path != root and not path.startswith(root + "/"):
+        raise Rejected("path %r escapes the job directory" % name)
+    return path
+
+
+def find_compiler(name):
+    """Return the full path of compiler NAME on this host's PATH.
+
+    Raises Rejected if NAME is not a compiler or is not installed."""
+    if not isinstance(name, str) or not COMPILER_NAME.match(name):
+        raise Rejected("%r is not a compiler this server runs" % (name,),
+                       "the server runs gcc, g++, cc, c++ and clang by name")
+    import shutil
+    path = shutil.which(name)
+    if not path:
+        raise Rejected("compiler %s is not installed on this host" % name)
+    return path
+
+
+def compiler_identity(path):
+    """Return the lines of `PATH -v` that say what the compiler is.
+
+    Target and version decide what object a compiler makes; install paths
+    do not."""
+    import subprocess
+    try:
+        proc = subprocess.run([path, "-v"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=dict(os.environ, LC_ALL="C"), timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        return "error: %s" % e
+    lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
+    keep = [line for line in lines
+            if line.startswith("Target:") or " version " in line]
+    return "\n".join(keep) or "unknown"
+
+
+class Server:
+    """The -i server's channel and the jobs running on it."""
+
+    def __init__(self, reader, writer, jobs):
+        import threading
+        self.reader = reader          # frames from the client
+        self.writer = writer          # frames to the client
+        self.write_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(jobs)
+        self.threads = []             # job threads, joined at EOF
+
+    def send(self, kind, job_id, parts):
+        with self.write_lock:
+            try:
+                write_frame(self.writer, kind, job_id, parts)
+            except (BrokenPipeError, ValueError, OSError):
+                pass  # the client went away; its jobs are moot
+
+    def serve(self):
+        import threading
+        while True:
+            try:
+                frame = read_frame(self.reader)
+            except ProtocolError as e:
+                warn("bad input from the client: %s" % e)
+                self.send(ERROR, 0, error_body("protocol", str(e)))
+                break
+            if frame is None:
+                break
+            kind, job_id, body = frame
+            if kind == JOB:
+                target = self.run_job
+            elif kind == QUERY:
+                target = self.answer_query
+            else:
+                self.send(ERROR, job_id, error_body(
+                    "protocol", "unexpected %s frame" % FRAME_NAMES[kind]))
+                continue
+            t = threading.Thread(target=target, args=(job_id, body),
+                                 daemon=True)
+            t.start()
+            self.threads = [x for x in self.threads if x.is_alive()] + [t]
+        for t in self.threads:
+            t.join()
+
+    def answer_query(self, job_id, body):
+        try:
+            meta, _ = unpack_meta(body)
+            path = find_compiler(meta.get("compiler"))
+            answer = {"compiler": meta["compiler"],
+                      "identity": compiler_identity(path)}
+        except DistccError as e:
+            answer = {"compiler": None, "error": str(e.detail)}
+        self.send(IDENTITY, job_id, pack_body(answer))
+
+    def run_job(self, job_id, body):
+        with self.slots:
+            try:
+                parts = compile_job(body)
+            except (Rejected, ProtocolError) as e:
+                kind = "reject" if isinstance(e, Rejected) else "protocol"
+                self.send(ERROR, job_id, error_body(kind, e.detail))
+                return
+            except OSError as e:
+                # Full disk, missing temp dir: the host is at fault, not
+                # the job, so the client retries elsewhere or locally.
+                self.send(ERROR, job_id, error_body(
+                    "transport", "host error: %s" % e))
+                return
+            self.send(RESULT, job_id, parts)
+
+
+def compile_job(body):
+    """Run one JOB frame's compile in a private temp dir; return the RESULT
+    body parts.
+
+    Raises Rejected or ProtocolError for a job it will not run."""
+    import shutil
+    import subprocess
+    import tempfile
+    meta, blobs = unpack_body(body)
+    if len(blobs) != 2:
+        raise ProtocolError("a job carries 2 blobs, not %d" % len(blobs))
+    compiler = find_compiler(meta.get("compiler"))
+    args = meta.get("args")
+    check_server_args(args)
+    mode = meta.get("mode")
+    if mode not in ("-c", "-S"):
+        raise Rejected("mode must be -c or -S, not %r" % (mode,))
+    lang = meta.get("lang")
+    if lang is not None and lang not in DISTRIBUTABLE_LANGS:
+        raise Rejected("language %r is not compiled here" % (lang,))
+    cwd = meta.get("cwd")
+    if not isinstance(cwd, str) or not cwd.startswith("/"):
+        raise Rejected("client directory %r is not absolute" % (cwd,))
+    env = meta.get("env") or {}
+    if not isinstance(env, dict) or not all(
+            k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
+        raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
+    family = meta.get("family")
+    source_text = decompress(blobs[0])
+    original = decompress(blobs[1])
+
+    root = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-"))
+    try:
+        work = confined_path(root, "/", cwd)
+        source = meta.get("source")
+        source_path = confined_path(root, cwd, source)
+        os.makedirs(work, exist_ok=True)
+        os.makedirs(os.path.dirname(source_path), exist_ok=True)
+        maps = ["-ffile-prefix-map=%s=" % root]
+        if family == "gcc" and lang not in PREPROCESSED_LANGS:
+            # gcc re-reads the source by name to quote lines in diagnostics,
+            # so the original goes at the source's own path and the
+            # preprocessed text beside it, mapped back to the same name.
+            with open(source_path, "wb") as f:
+                f.write(original)
+            os.mkdir(os.path.join(root, ".pp"))
+            input_path = os.path.join(root, ".pp", os.path.basename(source))
+            maps.append("-ffile-prefix-map=%s=%s" % (input_path, source))
+        else:
+            input_path = source_path
+        with open(input_path, "wb") as f:
+            f.write(source_text)
+        del source_text
+        output_path = os.path.join(root, ".out")
+        argv = [compiler] + args + maps + [mode]
+        if lang:
+            argv += ["-x", lang]
+        argv += [input_path, "-o", output_path]
+        child_env = {k: v for k, v in os.environ.items()
+                     if k not in FORWARDED_ENV}
+        child_env.update(env)
+        child_env["PWD"] = work
+        if meta.get("color"):
+            argv.insert(1, "-fdiagnostics-color=always")
+        proc = subprocess.run(argv, cwd=work, env=child_env,
+                              stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        outputs = []
+        blobs_out = [proc.stdout, proc.stderr]
+        if proc.returncode == 0:
+            with open(output_path, "rb") as f:
+                data = f.read()
+            outputs.append({"name": "output", "raw": len(data)})
+            blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
+        result = {"status": proc.returncode, "outputs": outputs}
+        return pack_body(result, blobs_out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def server_main():
+    """Serve jobs on stdin/stdout until the client closes the stream."""
+    Log.role = "server"
+    # Frames own the channel: move it to new fds, and point fd 1 at stderr
+    # so nothing a child prints can corrupt the stream.
+    channel_in = os.dup(0)
+    channel_out = os.dup(1)
+    os.dup2(2, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    reader = os.fdopen(channel_in, "rb")
+    writer = os.fdopen(channel_out, "wb")
+    writer.write(BANNER)
+    writer.flush()
+    jobs = max(2, os.cpu_count() or 2)
+    Server(reader, writer, jobs).serve()
+    return 0
+
+# ---------------------------------------------------------------------------
+# Relay
+#
+# One relay per host: it takes a lockfile, binds a Unix socket in
+# $DISTCC_DIR, detaches, and then forwards every wrapper's JOB over one ssh
+# session, renumbering frames so that many jobs share the stream.  If ssh
+# dies, the jobs in flight get a transport ERROR (their wrappers compile
+# locally) and the next job starts a new session.  The wrapper side of this
+# section is submit(), which hides the socket.
+
+
+def state_dir(config):
+    """Create (0700) and check $DISTCC_DIR; return its path.
+
+    Raises UsageError if it is not ours or others can write to it."""
+    path = config.dir
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError("cannot create %s: %s" % (path, e.strerror),
+                         "set DISTCC_DIR to a directory you own")
+    if st.st_uid != os.getuid():
+        raise UsageError("%s belongs to uid %d, not to you" % (path, st.st_uid),
+                         "set DISTCC_DIR to a directory you own")
+    if st.st_mode & 0o022:
+        raise UsageError("%s is writable by others (mode %o)"
+                         % (path, st.st_mode & 0o777),
+                         "run chmod 700 %s" % path)
+    return path
+
+
+def relay_paths(config, host):
+    """Return (socket path, lock path) of HOST's relay."""
+    base = os.path.join(config.dir, "relay-" + host.key())
+    sock = base + ".sock"
+    if len(sock.encode()) > SOCKET_PATH_LIMIT:
+        raise UsageError("DISTCC_DIR %s is too long for a Unix socket path"
+                         % config.dir, "use a shorter DISTCC_DIR")
+    return sock, base + ".lock"
+
+
+def peer_uid(sock):
+    """Return the uid of the process at the other end of Unix socket SOCK,
+    or None where the platform cannot say."""
+    import socket
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                struct.calcsize("3i"))
+        return struct.unpack("3i", creds)[1]
+    return None
+
+
+class Pending:
+    """A job in flight on a session: its wrapper thread waits on it."""
+
+    def __init__(self):
+        import threading
+        self.done = threading.Event()
+        self.frame = None             # (type, body) once answered
+
+
+class Session:
+    """One ssh process running the server, and the jobs in flight on it."""
+
+    def __init__(self, argv, connect_timeout):
+        import subprocess
+        import threading
+        self.argv = argv
+        self.lock = threading.Lock()
+        self.pending = {}             # job id -> Pending
+        self.next_id = 1
+        self.failure = None           # message once the session is dead
+        self.stderr_tail = []         # last lines ssh printed
+        self.write_lock = threading.Lock()
+        self.identities = {}          # compiler name -> Pending identity
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+        except OSError as e:
+            raise TransportError("cannot run %s: %s" % (argv[0], e.strerror),
+                                 "check DISTCC_SSH")
+        threading.Thread(target=self.read_stderr, daemon=True).start()
+        timer = threading.Timer(connect_timeout, self.proc.kill)
+        timer.start()
+        try:
+            self.server_version = find_banner(self.proc.stdout)
+        except TransportError:
+            self.proc.wait()
+            raise TransportError(self.exit_message())
+        except ProtocolError:
+            self.close()
+            raise
+        finally:
+            timer.cancel()
+        threading.Thread(target=self.read_frames, daemon=True).start()
+
+    def read_stderr(self):
+        for line in self.proc.stderr:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.stderr_tail = (self.stderr_tail + [text])[-5:]
+                trace("ssh: " + text)
+
+    def exit_message(self):
+        """Describe why the ssh process ended, with ssh's own words."""
+        status = self.proc.poll()
+        import time
+        for _ in range(20):        # let the stderr thread catch up
+            if self.stderr_tail or status is None:
+                break
+            time.sleep(0.01)
+        what = describe_exit(status, "ssh") if status is not None \
+            else "ssh session closed"
+        if status in (126, 127):
+            what += "; is distcc.py installed and executable on the host? " \
+                    "use @host:/path/to/distcc.py"
+        if self.stderr_tail:
+            what += ": " + " / ".join(self.stderr_tail[-2:])
+        return what
+
+    def read_frames(self):
+        try:
+            while True:
+                frame = read_frame(self.proc.stdout)
+                if frame is None:
+                    break
+                kind, job_id, body = frame
+                with self.lock:
+                    pending = self.pending.pop(job_id, None)
+                if pending is None:
+                    if kind == ERROR:
+                        warn("session error: %s" % bytes(body)[:200])
+                    continue
+                pending.frame = (kind, body)
+                pending.done.set()
+        except (ProtocolError, OSError, ValueError) as e:
+            self.fail("bad stream from the server: %s" % e)
+            return
+        import subprocess
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass  # still running with its stdout closed: close() kills it
+        self.fail(self.exit_message())
+
+    def fail(self, message):
+        """Mark the session dead and fail every job in flight."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = message
+            pending, self.pending = self.pending, {}
+        for p in pending.values():
+            p.frame = (ERROR, error_body("transport", message))
+            p.done.set()
+        self.close()
+
+    def close(self):
+        """Close ssh's stdin, then kill and reap it."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # already closed or broken: we are ending it anyway
+        import subprocess
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def call(self, kind, parts):
+        """Send one frame and wait for its answer; return (type, body).
+
+        Raises TransportError if the session dies first."""
+        pending = Pending()
+        with self.lock:
+            if self.failure is not None:
+                raise TransportError(self.failure)
+            job_id = self.next_id
+            self.next_id = (self.next_id % 0xFFFFFFFE) + 1
+            self.pending[job_id] = pending
+        try:
+            with self.write_lock:
+                write_frame(self.proc.stdin, kind, job_id, parts)
+        except (OSError, ValueError) as e:
+            self.fail("cannot write to ssh: %s" % e)
+        pending.done.wait()
+        return pending.frame
+
+    def identity(self, compiler):
+        """Return the host's identity string of COMPILER, asking the host
+        once per session.
+
+        Raises Rejected if the host does not have it, TransportError if the
+        session dies."""
+        with self.lock:
+            entry = self.identities.get(compiler)
+            owner = entry is None
+            if owner:
+                entry = self.identities[compiler] = Pending()
+        if owner:
+            try:
+                kind, body = self.call(QUERY, pack_body({"compiler": compiler}))
+                if kind == ERROR:
+                    raise_error_body(body)
+                meta, _ = unpack_meta(body)
+                entry.frame = meta.get("identity") or \
+                    Rejected(str(meta.get("error")))
+            except DistccError as e:
+                entry.frame = e
+            finally:
+                entry.done.set()
+        entry.done.wait()
+        if isinstance(entry.frame, DistccError):
+            raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
+        return entry.frame
+
+
+class Relay:
+    """The relay for one host: the listening socket and its session."""
+
+    def __init__(self, host, config, listener):
+        import threading
+        self.host = host
+        self.config = config
+        self.listener = listener       # bound, listening Unix socket
+        self.lock = threading.Lock()         # guards active
+        self.connect_lock = threading.Lock() # one ssh start at a time
+        self.session = None            # the live Session, or None
+        self.active = 0                # wrappers being served now
+        self.local_identities = {}     # (path, mtime) -> identity
+
+    def get_session(self):
+        """Return a live session, starting ssh if there is none."""
+        with self.connect_lock:
+            if self.session is not None and self.session.failure is None:
+                return self.session
+            ssh = self.config.ssh_command
+            argv = build_ssh_argv(ssh, self.host, self.config.dir)
+            trace("connecting: %s" % " ".join(argv))
+            self.session = Session(argv, self.config.connect_timeout)
+            trace("connected to %s (server %s)"
+                  % (self.host.hostname, self.session.server_version))
+            return self.session
+
+    def local_identity(self, path):
+        try:
+            key = (path, os.stat(path).st_mtime)
+        except OSError:
+            raise Rejected("local compiler %s has gone" % path)
+        if key not in self.local_identities:
+            self.local_identities[key] = compiler_identity(path)
+        return self.local_identities[key]
+
+    def serve_wrapper(self, conn):
+        """Forward one wrapper's job and its answer."""
+        try:
+            uid = peer_uid(conn)
+            if uid is not None and uid != os.getuid():
+                warn("refused a connection from uid %d" % uid)
+                return
+            f = conn.makefile("rb")
+            out = conn.makefile("wb")
+            try:
+                frame = read_frame(f)
+            except ProtocolError as e:
+                write_frame(out, ERROR, 0, error_body("protocol", str(e)))
+                return
+            if frame is None:
+                return
+            kind, _, body = frame
+            if kind != JOB:
+                write_frame(out, ERROR, 0, error_body(
+                    "protocol", "expected a JOB frame"))
+                return
+            try:
+                meta, _ = unpack_meta(body)
+                session = self.get_session()
+                theirs = session.identity(meta.get("compiler"))
+                ours = self.local_identity(meta.get("compiler_path"))
+                if theirs != ours:
+                    raise Rejected(
+                        "%s on %s differs from the local one (%s there, %s "
+                        "here)" % (meta.get("compiler"), self.host.hostname,
+                                   theirs.replace("\n", ", "),
+                                   ours.replace("\n", ", ")))
+                kind, answer = session.call(JOB, [body])
+            except (TransportError, ProtocolError, Rejected) as e:
+                kind_name = {TransportError: "transport",
+                             ProtocolError: "protocol"}.get(type(e), "reject")
+                kind, answer = ERROR, error_body(kind_name, e.detail)
+            write_frame(out, kind, 0, [answer])
+        except (OSError, ValueError):
+            pass  # the wrapper went away; nothing is waiting for the answer
+        finally:
+            conn.close()
+            with self.lock:
+                self.active -= 1
+
+    def serve(self):
+        """Accept wrappers until idle for the relay timeout."""
+        import socket
+        import threading
+        import time
+        self.listener.settimeout(1.0)
+        idle_since = time.monotonic()
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                with self.lock:
+                    busy = self.active > 0
+                if busy:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > self.config.relay_timeout:
+                    return
+                continue
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.ECONNABORTED):
+                    continue
+                raise
+            conn.settimeout(None)
+            with self.lock:
+                self.active += 1
+            idle_since = time.monotonic()
+            threading.Thread(target=self.serve_wrapper, args=(conn,),
+                             daemon=True).start()
+
+    def shutdown(self, sock_path):
+        """Stop taking wrappers, serve those already queued, close ssh."""
+        import time
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass  # a wrapper-side cleanup got there first
+        # Connections that reached the backlog before the unlink still get
+        # served.
+        self.listener.setblocking(False)
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                break
+            conn.setblocking(True)
+            with self.lock:
+                self.active += 1
+            threading.Thread(target=self.serve_wrapper, args=(conn,),
+                             daemon=True).start()
+        self.listener.close()
+        while True:
+            with self.lock:
+                if self.active == 0:
+                    break
+            time.sleep(0.05)
+        if self.session is not None:
+            self.session.close()
+
+
+def bind_listener(sock_path):
+    """Bind and listen on SOCK_PATH (mode 0600), replacing a stale socket.
+
+    The caller holds the relay lock, so no live relay owns the path."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock_path)
+        except OSError:
+            try:
+                os.unlink(sock_path)
+            except FileNotFoundError:
+                pass  # nothing stale to remove
+        else:
+            probe.close()
+            raise TransportError("a relay answers on %s without holding its "
+                                 "lock" % sock_path)
+        finally:
+            probe.close()
+        old = os.umask(0o177)
+        try:
+            s.bind(sock_path)
+        finally:
+            os.umask(old)
+        s.listen(128)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def start_relay(config, host, sock_path, lock_path):
+    """Start HOST's relay unless another process is starting or running it.
+
+    Returns once a relay is (being) started; the caller polls the socket."""
+    import fcntl
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return  # another wrapper is starting it, or it runs
+            raise
+        listener = bind_listener(sock_path)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+                run_relay_child(config, host, listener, fd, sock_path)
+            finally:
+                os._exit(0)
+        listener.close()
+        os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+
+
+def run_relay_child(config, host, listener, lock_fd, sock_path):
+    """The detached relay: write its pid, serve, clean up."""
+    Log.role = "relay"
+    # Hold no descriptor of the build's (make waits for its pipes to close).
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    close_other_fds({listener.fileno(), lock_fd})
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, b"%d\n" % os.getpid())
+    relay = Relay(host, config, listener)
+    trace("relay for %s listening on %s" % (host.spec, sock_path))
+    try:
+        relay.serve()
+    except Exception as e:  # noqa: BLE001  a detached relay reports and ends
+        warn("relay for %s failed: %s" % (host.spec, e))
+    finally:
+        relay.shutdown(sock_path)
+        trace("relay for %s exits" % host.spec)
+
+
+def close_other_fds(keep):
+    """Close every descriptor above 2 except those in KEEP."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 256)
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
+def connect_relay(config, host):
+    """Return a socket connected to HOST's relay, starting it if needed.
+
+    Raises TransportError if no relay answers within a few seconds."""
+    import socket
+    import time
+    state_dir(config)
+    sock_path, lock_path = relay_paths(config, host)
+    deadline = time.monotonic() + 10.0
+    delay = 0.005
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(sock_path)
+            return s
+        except OSError as e:
+            s.close()
+            if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                raise TransportError("cannot reach the relay at %s: %s"
+                                     % (sock_path, e.strerror))
+        if time.monotonic() > deadline:
+            raise TransportError("no relay for %s answers on %s"
+                                 % (host.spec, sock_path))
+        start_relay(config, host, sock_path, lock_path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def submit(config, host, parts):
+    """Send a JOB (body PARTS) to HOST through its relay; return the RESULT
+    body.
+
+    Raises TransportError, ProtocolError or Rejected."""
+    s = connect_relay(config, host)
+    try:
+        with s.makefile("wb") as out:
+            write_frame(out, JOB, 0, parts)
+        s.shutdown(1)
+        with s.makefile("rb") as f:
+            frame = read_frame(f)
+    except OSError as e:
+        raise TransportError("relay connection failed: %s" % e)
+    finally:
+        s.close()
+    if frame is None:
+        raise TransportError("the relay closed the connection without an "
+                             "answer")
+    kind, _, body = frame
+    if kind == ERROR:
+        raise_error_body(body)
+    if kind != RESULT:
+        raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
+    return body
+
+
+def relay_stop(config):
+    """Stop every relay in DISTCC_DIR (by the pids in their lockfiles)."""
+    import glob
+    import signal
+    stopped = 0
+    for lock in glob.glob(os.path.join(config.dir, "relay-*.lock")):
+        try:
+            with open(lock) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                stopped += 1
+            except ProcessLookupError:
+                pass  # already gone
+    return stopped
+
+# ---------------------------------------------------------------------------
+# Wrapper
+#
+# What the build runs: scan, preprocess, submit, write the object.  Every
+# fault between the preprocessor and the object lands in one place and
+# becomes a local compile (or, with DISTCC_FALLBACK=0, an error).
+
+
+class Config:
+    """Settings read once from the environment by main dispatch."""
+
+    def __init__(self, environ):
+        import shlex
+        home = os.path.expanduser("~")
+        self.dir = os.path.abspath(environ.get(ENV_DIR) or
+                                   os.path.join(home, ".distcc"))
+        self.hosts_text = environ.get(ENV_HOSTS)
+        try:
+            self.ssh_command = shlex.split(environ.get(ENV_SSH) or "ssh")
+        except ValueError as e:
+            raise UsageError("cannot split %s: %s" % (ENV_SSH, e),
+                             "check its quoting")
+        if not self.ssh_command:
+            raise UsageError("%s is empty" % ENV_SSH, "unset it or name ssh")
+        self.fallback = environ.get(ENV_FALLBACK, "1") != "0"
+        self.relay_timeout = env_seconds(environ, ENV_RELAY_TIMEOUT,
+                                         DEFAULT_RELAY_TIMEOUT)
+        self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
+                                           DEFAULT_CONNECT_TIMEOUT)
+
+    def hosts(self):
+        """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
+        text = self.hosts_text
+        if text is None:
+            try:
+                with open(os.path.join(self.dir, "hosts")) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            except OSError as e:
+                raise UsageError("cannot read %s/hosts: %s"
+                                 % (self.dir, e.strerror), "fix or remove it")
+        return parse_hosts(text)
+
+
+def env_seconds(environ, name, default):
+    """Read a positive number of seconds from NAME."""
+    text = environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UsageError("%s=%r is not a positive number of seconds"
+                         % (name, text), "unset it or give seconds")
+    return value
+
+
+def find_program(name):
+    """Return the path of NAME as execvp would find it, or None."""
+    if "/" in name:
+        return os.path.abspath(name) if os.access(name, os.X_OK) else None
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def exec_local(argv, reason):
+    """Replace this process with the local compiler."""
+    trace("local: %s: %s" % (reason, " ".join(argv)))
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "is the compiler installed and on PATH?")
+
+
+def preprocess(job):
+    """Run the local preprocessor; return (text, stderr, status)."""
+    import subprocess
+    argv = preprocess_argv(job)
+    trace("preprocess: %s" % " ".join(argv))
+    with subprocess.Popen(argv, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate()
+    return out, err, proc.returncode
+
+
+def write_output(path, data):
+    """Write DATA to PATH atomically: a temp name beside it, then rename."""
+    import random
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, ".%s.%d.%06x.tmp" % (
+        os.path.basename(path), os.getpid(), random.getrandbits(24)))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # never created or already renamed
+        raise
+
+
+def compile_remote(config, job, host):
+    """Compile JOB on HOST; return the compiler's exit status.
+
+    Raises TransportError, ProtocolError or Rejected for the fallback."""
+    compiler_path = find_program(job.compiler)
+    if compiler_path is None:
+        raise LocalOnly("compiler %s not found here" % job.compiler)
+    if job.lang in PREPROCESSED_LANGS:
+        with open(job.source, "rb") as f:
+            parts = [f.read()]
+        cpp_err = b""
+    else:
+        text, cpp_err, status = preprocess(job)
+        if status != 0:
+            # The local compile prints the full story of a failed
+            # preprocessing; let it.
+            raise LocalOnly("preprocessing failed")
+        parts = strip_builtins(text)
+    squeeze = zlib.compressobj(COMPRESS_LEVEL)
+    packed = b"".join([squeeze.compress(p) for p in parts] +
+                      [squeeze.flush()])
+    raw = sum(len(p) for p in parts)
+    if compiler_family(job.compiler) == "gcc" and \
+            job.lang not in PREPROCESSED_LANGS:
+        with open(job.source, "rb") as f:
+            original = zlib.compress(f.read(), COMPRESS_LEVEL)
+    else:
+        original = zlib.compress(b"", COMPRESS_LEVEL)
+    meta = {
+        "compiler": os.path.basename(job.compiler),
+        "compiler_path": compiler_path,
+        "family": compiler_family(job.compiler),
+        "args": job.remote_args,
+        "mode": job.mode,
+        "lang": job.explicit_lang,
+        "source": job.source,
+        "cwd": os.getcwd(),
+        "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        "color": color_wanted(job),
+    }
+    trace("send %s to %s: %d bytes, %d compressed"
+          % (job.source, host.hostname, raw, len(packed)))
+    body = submit(config, host, pack_body(meta, [packed, original]))
+    result, blobs = unpack_body(body)
+    status = result.get("status")
+    outputs = result.get("outputs")
+    if not isinstance(status, int) or not isinstance(outputs, list) or \
+            len(blobs) != 2 + len(outputs):
+        raise ProtocolError("malformed RESULT")
+    if status == 0:
+        if len(outputs) != 1:
+            raise ProtocolError("RESULT has %d outputs, expected 1"
+                                % len(outputs))
+        data = decompress(blobs[2])
+        write_output(job.output, data)
+    sys.stderr.buffer.write(cpp_err)
+    sys.stderr.buffer.write(blobs[1])
+    sys.stdout.buffer.write(blobs[0])
+    trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
+    return status
+
+
+def color_wanted(job):
+    """Whether a local compile would colour its diagnostics."""
+    for arg in job.argv:
+        if arg.startswith("-fdiagnostics-color") or \
+                arg.startswith("-fno-diagnostics-color") or \
+                arg.startswith("-fcolor-diagnostics") or \
+                arg.startswith("-fno-color-diagnostics"):
+            return False  # the user chose; the option travels as it is
+    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
+
+
+def wrapper_main(argv, config):
+    """Compile ARGV remotely if possible, else locally; return the status."""
+    try:
+        job = scan_args(argv)
+        host = choose_host(config.hosts())
+        if host is None:
+            raise LocalOnly("no remote hosts")
+        if not os.path.isdir(os.path.dirname(job.output) or "."):
+            raise LocalOnly("output directory does not exist")
+        if not os.path.isfile(job.source):
+            raise LocalOnly("source does not exist")
+        trace("remote: %s on %s" % (job.source, host.spec))
+        try:
+            return compile_remote(config, job, host)
+        except (TransportError, ProtocolError, Rejected) as e:
+            if not config.fallback:
+                raise
+            warn("%s: %s; compiling %s locally" % (host.hostname, e,
+                                                   job.source))
+            reason = "fallback"
+    except LocalOnly as why:
+        reason = why.detail
+    exec_local(argv, reason)
+    return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
+
+# ---------------------------------------------------------------------------
+# Main dispatch
+#
+# Picks the role from argv, reads the configuration once, turns errors into
+# one line and an exit code.
+
+USAGE = """\
+usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
+       distcc.py -i                   serve jobs on stdin/stdout (build host)
+       distcc.py --stop               stop this user's relays
+       distcc.py --version | --help
+
+Set DISTCC_HOSTS (e.g. "@buildbox/8 me@box2:/opt/bin/distcc.py") and use
+CC="distcc.py gcc".  See README.md for the environment variables.
+"""
+
+
+def main(argv=None):
+    """Run the role ARGV asks for; return the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    Log.verbose = os.environ.get(ENV_VERBOSE, "0") not in ("", "0")
+    Log.path = os.environ.get(ENV_LOG) or None
+    try:
+        if not argv or argv[0] in ("-h", "--help"):
+            sys.stdout.write(USAGE)
+            return 0 if argv else EXIT_BAD_ARGUMENTS
+        if argv[0] == "--version":
+            sys.stdout.write("distcc.py %s (protocol %d)\n"
+                             % (VERSION, PROTOCOL))
+            return 0
+        if argv[0] == "-i":
+            if len(argv) != 1:
+                raise UsageError("-i takes no arguments",
+                                 "the remote command is 'distcc.py -i'")
+            return server_main()
+        config = Config(os.environ)
+        if argv[0] == "--stop":
+            n = relay_stop(config)
+            sys.stdout.write("stopped %d relay%s\n" % (n, "" if n == 1
+                                                        else "s"))
+            return 0
+        if argv[0].startswith("-"):
+            raise UsageError("unknown option %s" % argv[0],
+                             "see distcc.py --help")
+        return wrapper_main(argv, config)
+    except UsageError as e:
+        warn(str(e))
+        return EXIT_BAD_ARGUMENTS
+    except DistccError as e:
+        warn(str(e))
+        return EXIT_DISTCC_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        if Log.verbose:
+            raise
+        warn("internal error: %s; rerun with DISTCC_VERBOSE=1 for details"
+             % sys.exc_info()[1])
+        return EXIT_DISTCC_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

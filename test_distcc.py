@@ -1,0 +1,1242 @@
+#!/usr/bin/env python3
+"""Tests for distcc.py, in the order of its sections.
+
+Run them all with `python3 test_distcc.py` (the run ends with a line
+"N passed, N failed, N skipped").  The end-to-end tests start their own
+OpenSSH server on a free loopback port with throwaway keys; when it cannot
+start they skip, except under CI=true, where they fail.  Tests that need
+real-world sources download them from PyPI once (pinned by checksum) into
+~/.cache/distcc.py-tests.
+"""
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import unittest
+import zlib
+
+import distcc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DISTCC_PY = os.path.join(HERE, "distcc.py")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TIMEOUT = 120          # seconds any single command of a test may take
+
+HAVE_GCC = shutil.which("gcc") is not None and shutil.which("g++") is not None
+
+# Real-world sources: Brotli's C library from its PyPI source distribution.
+BROTLI_URL = ("https://files.pythonhosted.org/packages/2f/c2/f9e977608bdf958"
+              "650638c3f1e28f85a1b075f075ebbe77db8555463787b/"
+              "Brotli-1.1.0.tar.gz")
+BROTLI_SHA256 = \
+    "81de08ac11bcb85841e440c13611c00b67d3bf82698314928d0b676362546724"
+CACHE_DIR = os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                         os.path.expanduser("~/.cache"), "distcc.py-tests")
+
+
+def env_without_distcc(**extra):
+    """Return os.environ without DISTCC_* settings, plus EXTRA."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("DISTCC_")}
+    env.update(extra)
+    return env
+
+
+def run(argv, **kw):
+    """Run ARGV with a timeout; return the CompletedProcess."""
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    kw.setdefault("timeout", TIMEOUT)
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(argv, **kw)
+
+
+def process_alive(pid):
+    """Whether PID runs (a zombie counts as gone)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+
+def end_process(pid, timeout=5.0):
+    """SIGTERM PID (which we started), then SIGKILL; reap it if it is ours."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process_alive(pid):
+            time.sleep(0.02)
+        if not process_alive(pid):
+            break
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass  # not our child: its own parent (or init) reaps it
+
+
+def become_subreaper():
+    """Adopt orphans (relays, ssh masters) so the tests can reap them."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)       # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass  # without it, init reaps the orphans instead
+
+# ---------------------------------------------------------------------------
+# A private OpenSSH server on loopback
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class SshServer:
+    """A real sshd on 127.0.0.1 with throwaway keys, and a client config."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="distccpy-sshd-")
+        self.port = free_port()
+        self.dead_port = free_port()
+        self.proc = None
+        self.log = os.path.join(self.dir, "sshd.log")
+        self.config = os.path.join(self.dir, "ssh_config")
+
+    def start(self):
+        """Start sshd; raise RuntimeError with the reason if it cannot."""
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not os.path.exists(sshd) or not shutil.which("ssh"):
+            raise RuntimeError("OpenSSH server or client is not installed "
+                               "(apt-get install openssh-server "
+                               "openssh-client)")
+        if os.getuid() == 0:
+            os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+        d = self.dir
+        for name in ("host_key", "client_key"):
+            r = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                     os.path.join(d, name)])
+            if r.returncode:
+                raise RuntimeError("ssh-keygen failed: %s" % r.stderr)
+        shutil.copy(os.path.join(d, "client_key.pub"),
+                    os.path.join(d, "authorized_keys"))
+        with open(os.path.join(d, "sshd_config"), "w") as f:
+            f.write("""\
+Port {port}
+ListenAddress 127.0.0.1
+HostKey {d}/host_key
+PidFile {d}/sshd.pid
+AuthorizedKeysFile {d}/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+LogLevel VERBOSE
+MaxStartups 100:30:200
+PrintMotd no
+""".format(port=self.port, d=d))
+        with open(os.path.join(d, "host_key.pub")) as f:
+            host_pub = f.read().split()
+        with open(os.path.join(d, "known_hosts"), "w") as f:
+            f.write("[127.0.0.1]:%d %s %s\n" % (self.port, host_pub[0],
+                                                 host_pub[1]))
+        import pwd
+        user = pwd.getpwuid(os.getuid()).pw_name
+        with open(self.config, "w") as f:
+            for name, port in (("distcc-test", self.port),
+                               ("distcc-dead", self.dead_port)):
+                f.write("""\
+Host {name}
+  HostName 127.0.0.1
+  Port {port}
+  User {user}
+  IdentityFile {d}/client_key
+  IdentitiesOnly yes
+  UserKnownHostsFile {d}/known_hosts
+  GlobalKnownHostsFile /dev/null
+  StrictHostKeyChecking yes
+  PasswordAuthentication no
+  ConnectTimeout 5
+  LogLevel ERROR
+""".format(name=name, port=port, user=user, d=d))
+        self.proc = subprocess.Popen(
+            [sshd, "-D", "-f", os.path.join(d, "sshd_config"), "-E",
+             self.log], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace")
+                raise RuntimeError("sshd exited with %d: %s%s" % (
+                    self.proc.returncode, err, self.read_log()[-500:]))
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.5).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("sshd did not listen within 10 s")
+        r = run(["ssh", "-F", self.config, "-o", "BatchMode=yes",
+                 "distcc-test", "true"], timeout=30)
+        if r.returncode:
+            raise RuntimeError("ssh to the test sshd failed: %s"
+                               % r.stderr.decode(errors="replace"))
+
+    def read_log(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def auth_count(self):
+        """How many ssh authentications sshd has accepted so far."""
+        return self.read_log().count("Accepted publickey")
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stderr.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def host(self, name="distcc-test"):
+        """The DISTCC_HOSTS entry for this server."""
+        return "@%s:%s" % (name, DISTCC_PY)
+
+    def ssh_command(self):
+        return "ssh -F %s" % self.config
+
+
+SSHD = None                # the shared server, started once
+SSHD_ERROR = None          # why it could not start
+
+
+def setUpModule():
+    become_subreaper()
+
+
+def tearDownModule():
+    global SSHD
+    if SSHD is not None:
+        SSHD.stop()
+        SSHD = None
+
+
+def require_sshd(test):
+    """Return the shared SshServer, starting it on first use; skip (fail in
+    CI) when it cannot start."""
+    global SSHD, SSHD_ERROR
+    if SSHD is None and SSHD_ERROR is None:
+        server = SshServer()
+        try:
+            server.start()
+            SSHD = server
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            server.stop()
+            SSHD_ERROR = str(e)
+    if SSHD is None:
+        if IN_CI:
+            test.fail("the ssh end-to-end tests could not run: %s"
+                      % SSHD_ERROR)
+        test.skipTest("no test sshd: %s" % SSHD_ERROR)
+    return SSHD
+
+
+def fetch_brotli(test):
+    """Return the path of Brotli's unpacked c/ directory (downloaded once)."""
+    target = os.path.join(CACHE_DIR, "Brotli-1.1.0")
+    if os.path.isdir(os.path.join(target, "c")):
+        return os.path.join(target, "c")
+    os.makedirs(CACHE_DIR, exist_ok=True)
+    import urllib.request
+    try:
+        with urllib.request.urlopen(BROTLI_URL, timeout=60) as r:
+            data = r.read()
+    except OSError as e:
+        if IN_CI:
+            test.fail("cannot download %s: %s" % (BROTLI_URL, e))
+        test.skipTest("PyPI is not reachable (%s)" % e)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != BROTLI_SHA256:
+        test.fail("Brotli-1.1.0.tar.gz has sha256 %s, expected %s"
+                  % (digest, BROTLI_SHA256))
+    tmp = tempfile.mkdtemp(dir=CACHE_DIR)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            members = [m for m in tar.getmembers()
+                       if m.name.startswith("Brotli-1.1.0/c/") and
+                       (m.isfile() or m.isdir()) and ".." not in m.name]
+            tar.extractall(tmp, members=members)
+        os.rename(os.path.join(tmp, "Brotli-1.1.0"), target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return os.path.join(target, "c")
+
+# ---------------------------------------------------------------------------
+# Sources used by the compile tests
+
+C_SOURCE = r"""
+#include <stdio.h>
+#include <string.h>
+#include "local.h"
+#define SQUARE(x) ((x) * (x))
+static int helper(int a) { return SQUARE(a) + LOCAL_OFFSET; }
+int main(int argc, char **argv) {
+    const char *name = argc > 1 ? argv[1] : __FILE__;
+    printf("%d %zu %s\n", helper(argc), strlen(name), __BASE_FILE__);
+    return 0;
+}
+"""
+LOCAL_H = "#define LOCAL_OFFSET 42\n"
+
+CXX_SOURCE = r"""
+#include <algorithm>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+template <class T> T total(const std::vector<T> &v) {
+    T sum{};
+    for (const auto &x : v) sum += x;
+    return sum;
+}
+struct Shape { virtual ~Shape() = default; virtual double area() const = 0; };
+struct Square : Shape {
+    double s;
+    explicit Square(double s) : s(s) {}
+    double area() const override { return s * s; }
+};
+int main() {
+    std::map<std::string, int> counts;
+    std::regex word("[a-z]+");
+    std::string text = "the quick brown fox jumps over the lazy dog";
+    for (auto it = std::sregex_iterator(text.begin(), text.end(), word);
+         it != std::sregex_iterator(); ++it)
+        counts[it->str()]++;
+    std::vector<std::unique_ptr<Shape>> shapes;
+    for (int i = 1; i < 5; ++i) shapes.push_back(std::make_unique<Square>(i));
+    std::vector<double> areas;
+    for (auto &s : shapes) areas.push_back(s->area());
+    std::sort(areas.begin(), areas.end());
+    std::cout << total(areas) << " " << counts["the"] << std::endl;
+}
+"""
+
+ERROR_SOURCE = r"""
+#include <stdio.h>
+#define BAD(x) ((x) + undefined_variable)
+int main(void) {
+    int unused;
+    return BAD(1);
+}
+"""
+
+WARNING_SOURCE = r"""
+#warning this warning comes from the preprocessor
+int f(int x) {
+    int unused;
+    return x;
+}
+"""
+
+# ---------------------------------------------------------------------------
+# Framing
+
+
+class TestFraming(unittest.TestCase):
+
+    def roundtrip(self, kind, job_id, parts):
+        buf = io.BytesIO()
+        distcc.write_frame(buf, kind, job_id, parts)
+        buf.seek(0)
+        frame = distcc.read_frame(io.BufferedReader(buf))
+        return frame
+
+    def test_roundtrip(self):
+        cases = [
+            # kind, job id, parts
+            (distcc.JOB, 0, [b""]),
+            (distcc.RESULT, 7, [b"abc", b"def"]),
+            (distcc.ERROR, 0xFFFFFFFE, [b"x" * 100000]),
+        ]
+        for kind, job_id, parts in cases:
+            got = self.roundtrip(kind, job_id, parts)
+            want = (kind, job_id, b"".join(parts))
+            self.assertEqual((got[0], got[1], bytes(got[2])), want,
+                             "frame %r" % ((kind, job_id),))
+
+    def test_clean_eof_between_frames(self):
+        self.assertIsNone(distcc.read_frame(io.BytesIO(b"")))
+
+    def test_bad_input(self):
+        good = distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1, 5) + b"hello"
+        cases = [
+            # input, words the error must contain
+            (b"XX" + good[2:], "magic"),
+            (good[:7], "expected 11 bytes, received 6"),
+            (good[:-2], "expected 5 bytes, received 3"),
+            (distcc.HEADER.pack(distcc.MAGIC, 99, 0, 1, 0), "unknown frame"),
+            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
+                                distcc.MAX_FRAME + 1), "over the"),
+        ]
+        for data, words in cases:
+            with self.assertRaises(distcc.ProtocolError, msg=repr(data)) as cm:
+                distcc.read_frame(io.BytesIO(data))
+            self.assertIn(words, str(cm.exception), repr(data))
+
+    def test_body_roundtrip(self):
+        parts = distcc.pack_body({"a": 1}, [b"one", b"", b"three"])
+        meta, blobs = distcc.unpack_body(b"".join(parts))
+        self.assertEqual(meta["a"], 1)
+        self.assertEqual([bytes(b) for b in blobs], [b"one", b"", b"three"])
+
+    def test_bad_bodies(self):
+        ok = b"".join(distcc.pack_body({"a": 1}, [b"xy"]))
+        for body in (b"", b"\x00\x00\x00\x09{}", ok[:-1], ok + b"z",
+                     struct.pack(">I", 2) + b"[]",
+                     struct.pack(">I", 3) + b"{x}"):
+            with self.assertRaises(distcc.ProtocolError, msg=repr(body)):
+                distcc.unpack_body(body)
+
+    def test_decompress_limits(self):
+        data = zlib.compress(b"a" * 1000)
+        self.assertEqual(distcc.decompress(data), b"a" * 1000)
+        for bad, limit in ((data[:-3], 10 ** 6), (b"junk", 10 ** 6),
+                           (data, 999)):
+            with self.assertRaises(distcc.ProtocolError):
+                distcc.decompress(bad, limit)
+
+    def test_error_body(self):
+        for kind, cls in (("transport", distcc.TransportError),
+                          ("reject", distcc.Rejected),
+                          ("protocol", distcc.ProtocolError)):
+            with self.assertRaises(cls) as cm:
+                distcc.raise_error_body(distcc.error_body(kind, "why"))
+            self.assertIn("why", str(cm.exception))
+
+# ---------------------------------------------------------------------------
+# Argument scanning
+
+# (argv, expected remote?, input, output, reason substring or None)
+SCAN_CASES = [
+    # plain compiles
+    ("gcc -c a.c", True, "a.c", "a.o", None),
+    ("gcc -c a.c -o b.o", True, "a.c", "b.o", None),
+    ("gcc -c -ob.o a.c", True, "a.c", "b.o", None),
+    ("gcc -O2 -g -Wall -c src/a.c -o obj/a.o", True, "src/a.c", "obj/a.o",
+     None),
+    ("g++ -std=c++17 -c x.cpp", True, "x.cpp", "x.o", None),
+    ("g++ -c x.cc", True, "x.cc", "x.o", None),
+    ("g++ -c x.cxx", True, "x.cxx", "x.o", None),
+    ("g++ -c x.C", True, "x.C", "x.o", None),
+    ("g++ -c x.c++", True, "x.c++", "x.o", None),
+    ("gcc -c x.m", True, "x.m", "x.o", None),
+    ("gcc -c x.i", True, "x.i", "x.o", None),
+    ("g++ -c x.ii", True, "x.ii", "x.o", None),
+    ("gcc -S a.c", True, "a.c", "a.s", None),
+    ("gcc -S a.c -o out.s", True, "a.c", "out.s", None),
+    ("gcc -c -x c weird.txt", True, "weird.txt", "weird.o", None),
+    ("gcc -c -xc++ weird.txt", True, "weird.txt", "weird.o", None),
+    ("cc -c -DX=1 -Iinc -include cfg.h a.c", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MD", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MMD -MF dep.d -MT tgt", True, "a.c", "a.o", None),
+    ("gcc -c a.c -L/usr/lib -lm", True, "a.c", "a.o", None),
+    ("x86_64-linux-gnu-gcc-12 -c a.c", True, "a.c", "a.o", None),
+    ("clang -c a.c -O2", True, "a.c", "a.o", None),
+    ("gcc -c /abs/path/a.c -o /abs/out/a.o", True, "/abs/path/a.c",
+     "/abs/out/a.o", None),
+    # local: not compiling
+    ("gcc a.c -o a", False, "a.c", None, "links"),
+    ("gcc -E a.c", False, None, None, "-E"),
+    ("gcc -M a.c", False, None, None, "-M"),
+    ("gcc -MM -c a.c", False, None, None, "-MM"),
+    ("gcc -c", False, None, None, "no source"),
+    ("gcc -c a.c b.c", False, None, None, "2 source"),
+    ("gcc -c -", False, None, None, "standard input"),
+    ("gcc -c a.c -o -", False, None, None, "standard output"),
+    ("gcc -fsyntax-only a.c", False, None, None, "-fsyntax-only"),
+    # local: this machine's CPU or files
+    ("gcc -c -march=native a.c", False, None, None, "-march=native"),
+    ("gcc -c -mtune=native a.c", False, None, None, "-mtune=native"),
+    ("gcc -c -fprofile-arcs a.c", False, None, None, "-fprofile-arcs"),
+    ("gcc -c -ftest-coverage a.c", False, None, None, "-ftest-coverage"),
+    ("gcc -c --coverage a.c", False, None, None, "--coverage"),
+    ("gcc -c -fprofile-generate a.c", False, None, None, "-fprofile-gen"),
+    ("gcc -c -fprofile-use=x a.c", False, None, None, "-fprofile-use"),
+    ("gcc -c -fauto-profile a.c", False, None, None, "-fauto-profile"),
+    ("gcc -c -frepo a.c", False, None, None, "-frepo"),
+    ("gcc -c -Wa,-adhln=a.lst a.c", False, None, None, "listing"),
+    ("gcc -c -fplugin=x.so a.c", False, None, None, "-fplugin"),
+    ("gcc -c -specs=x a.c", False, None, None, "-specs"),
+    ("gcc -c -B/opt/bin a.c", False, None, None, "-B"),
+    ("gcc -c @args a.c", False, None, None, "@file"),
+    ("gcc -c -wrapper gdb a.c", False, None, None, "-wrapper"),
+    ("gcc -c -save-temps a.c", False, None, None, "-save-temps"),
+    ("gcc -c -gsplit-dwarf a.c", False, None, None, "-gsplit-dwarf"),
+    ("gcc -c -Wp,-MD,a.d a.c", False, None, None, "-Wp,"),
+    ("gcc -c -x assembler a.s", False, None, None, "-x assembler"),
+    ("gcc -c a.s", False, None, None, "not a C"),
+    ("gcc -c a.S", False, None, None, "not a C"),
+    ("gcc -c conftest.c", False, None, None, "configure"),
+    ("clang -c -g a.c", False, None, None, "clang -g"),
+]
+
+
+class TestScanArgs(unittest.TestCase):
+
+    def check(self, line, remote, source, output, reason):
+        argv = line.split()
+        try:
+            job = distcc.scan_args(argv)
+        except distcc.LocalOnly as e:
+            got = (False, str(e))
+            self.assertFalse(remote, "%r: expected remote, got local (%s)"
+                             % (line, e))
+            self.assertIn(reason, got[1], "%r: reason %r lacks %r"
+                          % (line, got[1], reason))
+            return
+        self.assertTrue(remote, "%r: expected local (%s), got remote"
+                        % (line, reason))
+        self.assertEqual((job.source, job.output), (source, output),
+                         "%r: input/output" % line)
+
+    def test_table(self):
+        for case in SCAN_CASES:
+            with self.subTest(argv=case[0]):
+                self.check(*case)
+
+    def test_remote_args_drop_preprocessor_options(self):
+        job = distcc.scan_args("gcc -O2 -DX=1 -I inc -isystem sys -c a.c "
+                               "-MD -MF a.d -o a.o -g -lm".split())
+        self.assertEqual(job.remote_args, ["-O2", "-g"])
+        self.assertIn("-DX=1", job.cpp_args)
+        self.assertIn("inc", job.cpp_args)
+
+    def test_depfile_names(self):
+        cases = [
+            # command, .d file, target option the preprocessing gets
+            ("gcc -c -MD src/a.c -o obj/a.o", "obj/a.d", ["-MQ", "obj/a.o"]),
+            ("gcc -c -MD src/a.c", "a.d", ["-MQ", "a.o"]),
+            ("gcc -S -MD src/a.c", "a.d", ["-MQ", "a.o"]),
+            ("gcc -c -MMD src/a.c -o obj.d/a", "obj.d/a.d",
+             ["-MQ", "obj.d/a"]),
+            ("gcc -c -MD -MF x.d src/a.c -o a.o", "x.d", ["-MQ", "a.o"]),
+            ("gcc -c -MD -MT t src/a.c -o a.o", "a.d", []),
+        ]
+        for line, depfile, target in cases:
+            job = distcc.scan_args(line.split())
+            self.assertEqual(job.depfile, depfile, line)
+            cpp = job.cpp_args
+            if target:
+                i = cpp.index("-MQ")
+                self.assertEqual(cpp[i:i + 2], target, line)
+            else:
+                self.assertNotIn("-MQ", cpp, line)
+
+    def test_strip_builtins(self):
+        text = (b'# 0 "a.c"\n# 0 "<built-in>"\n#define __STDC__ 1\n'
+                b'# 0 "<built-in>"\n#define __GNUC__ 12\n'
+                b'# 0 "<command-line>"\n#define X 1\nint x;\n')
+        got = b"".join(bytes(p) for p in distcc.strip_builtins(text))
+        self.assertEqual(got, b'# 0 "a.c"\n# 0 "<command-line>"\n'
+                              b'#define X 1\nint x;\n')
+        with_cwd = (b'# 0 "a.c"\n# 0 "/w//"\n# 0 "<built-in>"\n'
+                    b'#define A 1\nint z;\n')
+        self.assertEqual(b"".join(bytes(p) for p in
+                                  distcc.strip_builtins(with_cwd)),
+                         b'# 0 "a.c"\n# 0 "/w//"\nint z;\n')
+        plain = b'# 1 "a.c"\nint y;\n'
+        self.assertEqual(b"".join(bytes(p) for p in
+                                  distcc.strip_builtins(plain)), plain)
+
+# ---------------------------------------------------------------------------
+# Hosts
+
+
+class TestHosts(unittest.TestCase):
+
+    def test_parse(self):
+        cases = [
+            # token, (user, hostname, limit, command, local?)
+            ("@box", (None, "box", None, None, False)),
+            ("me@box", ("me", "box", None, None, False)),
+            ("@me@box2/4:/opt/bin/distcc.py",
+             ("me", "box2", 4, "/opt/bin/distcc.py", False)),
+            ("@box1/8", (None, "box1", 8, None, False)),
+            ("@box:/usr/local/bin/distcc.py,lzo",
+             (None, "box", None, "/usr/local/bin/distcc.py", False)),
+            ("@box/3,lzo", (None, "box", 3, None, False)),
+            ("localhost", (None, "localhost", None, None, True)),
+            ("localhost/2", (None, "localhost", 2, None, True)),
+            ("@localhost", (None, "localhost", None, None, False)),
+        ]
+        for token, want in cases:
+            h = distcc.parse_host(token)
+            got = (h.user, h.hostname, h.limit, h.command, h.is_local)
+            self.assertEqual(got, want, token)
+
+    def test_errors_name_the_token(self):
+        for token in ("box", "box:3632", "@box/0", "@box/x", "@", "@/4",
+                      "@box:", "localhost/x", "@me@"):
+            with self.assertRaises(distcc.UsageError, msg=token) as cm:
+                distcc.parse_host(token)
+            self.assertIn(repr(token), str(cm.exception), token)
+        with self.assertRaises(distcc.UsageError) as cm:
+            distcc.parse_host("buildbox")
+        self.assertIn("@buildbox", str(cm.exception))
+
+    def test_list_syntax(self):
+        hosts = distcc.parse_hosts("# comment\n@a/2  b@c # trailing\n"
+                                   "--randomize localhost\n\n")
+        self.assertEqual([h.spec for h in hosts], ["@a/2", "b@c", "localhost"])
+
+    def test_choose(self):
+        hosts = distcc.parse_hosts("localhost @a @b")
+        self.assertEqual(distcc.choose_host(hosts).hostname, "a")
+        self.assertIsNone(distcc.choose_host(distcc.parse_hosts("localhost")))
+        self.assertIsNone(distcc.choose_host([]))
+
+# ---------------------------------------------------------------------------
+# Transport
+
+
+class TestSshArgv(unittest.TestCase):
+
+    def test_argv(self):
+        host = distcc.parse_host("@me@box:/opt/my tools/distcc.py")
+        argv = distcc.build_ssh_argv(["ssh", "-F", "cfg file"], host,
+                                     "/home/u/.distcc")
+        self.assertEqual(argv[:3], ["ssh", "-F", "cfg file"])
+        self.assertEqual(argv[-3:], ["--", "box",
+                                     "'/opt/my tools/distcc.py' -i"])
+        joined = " ".join(argv)
+        for option in ("BatchMode=yes", "ControlMaster=auto",
+                       "ControlPath=/home/u/.distcc/cm-%C",
+                       "ControlPersist=", "ServerAliveInterval=",
+                       "Compression=no"):
+            self.assertIn(option, joined)
+        self.assertEqual(argv[argv.index("-l") + 1], "me")
+
+    def test_default_command(self):
+        argv = distcc.build_ssh_argv(["ssh"], distcc.parse_host("@box"), "/d")
+        self.assertEqual(argv[-1], "distcc.py -i")
+        self.assertNotIn("-l", argv)
+
+    def test_banner_after_noise(self):
+        f = io.BufferedReader(io.BytesIO(b"Welcome!\nmotd\n" + distcc.BANNER))
+        self.assertEqual(distcc.find_banner(f), distcc.VERSION)
+
+    def test_banner_errors(self):
+        cases = [
+            (b"", distcc.TransportError, "closed before"),
+            (b"bash: distcc.py: command not found\n", distcc.TransportError,
+             "command not found"),
+            (b"DISTCC.PY 999 9.9\n", distcc.ProtocolError, "protocol"),
+            (b"x" * (distcc.BANNER_NOISE_LIMIT + 10) + b"\n",
+             distcc.ProtocolError, "no banner"),
+        ]
+        for data, cls, words in cases:
+            with self.assertRaises(cls) as cm:
+                distcc.find_banner(io.BufferedReader(io.BytesIO(data)))
+            self.assertIn(words, str(cm.exception))
+
+    def test_describe_exit(self):
+        self.assertIn("ssh failed", distcc.describe_exit(255, "ssh"))
+        self.assertIn("not found", distcc.describe_exit(127, "ssh"))
+        self.assertIn("SIGKILL", distcc.describe_exit(-9, "ssh"))
+
+# ---------------------------------------------------------------------------
+# Server
+
+
+class ServerProcess:
+    """distcc.py -i as a child, spoken to directly."""
+
+    def __init__(self, stdin_prefix=b""):
+        self.proc = subprocess.Popen(
+            [sys.executable, DISTCC_PY, "-i"], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.timer = threading.Timer(TIMEOUT, self.proc.kill)
+        self.timer.start()
+        self.version = distcc.find_banner(self.proc.stdout)
+
+    def send(self, kind, job_id, parts):
+        distcc.write_frame(self.proc.stdin, kind, job_id, parts)
+
+    def receive(self):
+        return distcc.read_frame(self.proc.stdout)
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass  # already gone
+        try:
+            self.proc.wait(timeout=30)
+        finally:
+            self.timer.cancel()
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.stdout.close()
+            err = self.proc.stderr.read()
+            self.proc.stderr.close()
+        return err
+
+
+def job_parts(source_text, compiler="gcc", args=("-O2",), source="t.c",
+              cwd="/client/dir", lang=None, original=b""):
+    meta = {"compiler": compiler, "family": distcc.compiler_family(compiler),
+            "args": list(args), "mode": "-c", "lang": lang, "source": source,
+            "cwd": cwd, "env": {}, "color": False}
+    return distcc.pack_body(meta, [zlib.compress(source_text),
+                                   zlib.compress(original)])
+
+
+@unittest.skipUnless(HAVE_GCC, "gcc and g++ are not installed")
+class TestServer(unittest.TestCase):
+
+    def setUp(self):
+        self.server = ServerProcess()
+
+    def tearDown(self):
+        self.server.close()
+
+    def test_compiles_and_answers_in_order_of_completion(self):
+        self.server.send(distcc.JOB, 5, job_parts(b"int f(void){return 1;}\n"))
+        self.server.send(distcc.JOB, 6, job_parts(b"int g(void){return 2;}\n"))
+        answers = {}
+        for _ in range(2):
+            kind, job_id, body = self.server.receive()
+            self.assertEqual(kind, distcc.RESULT, bytes(body)[:200])
+            meta, blobs = distcc.unpack_body(body)
+            self.assertEqual(meta["status"], 0)
+            answers[job_id] = zlib.decompress(blobs[2])
+        self.assertEqual(sorted(answers), [5, 6])
+        self.assertTrue(answers[5].startswith(b"\x7fELF"))
+
+    def test_compile_error_is_a_result(self):
+        self.server.send(distcc.JOB, 1, job_parts(
+            b'# 1 "t.c"\nint f(void){return x;}\n',
+            original=b"int f(void){return x;}\n"))
+        kind, job_id, body = self.server.receive()
+        self.assertEqual(kind, distcc.RESULT)
+        meta, blobs = distcc.unpack_body(body)
+        self.assertEqual(meta["status"], 1)
+        self.assertIn(b"t.c:1:20: error", bytes(blobs[1]))
+        self.assertIn(b"return x;", bytes(blobs[1]))
+        self.assertEqual(meta["outputs"], [])
+
+    def test_rejections_are_explicit(self):
+        cases = [
+            # job parts, words in the ERROR message
+            (job_parts(b"", compiler="sh"), "not a compiler"),
+            (job_parts(b"", compiler="/bin/gcc"), "not a compiler"),
+            (job_parts(b"", args=["-fplugin=/tmp/x.so"]), "refused option"),
+            (job_parts(b"", args=["-B/tmp"]), "refused option"),
+            (job_parts(b"", args=["@/etc/passwd"]), "not an option"),
+            (job_parts(b"", args=["-wrapper", "sh"]), "refused option"),
+            (job_parts(b"", args=["-specs=/tmp/x"]), "refused option"),
+            (job_parts(b"", args=["-fprofile-use=/tmp/p"]), "refused option"),
+            (job_parts(b"", args=["-Wa,-adhln=/tmp/l"]), "refused option"),
+            (job_parts(b"", args=["/etc/passwd"]), "not an option"),
+            (job_parts(b"", args=["-o", "/tmp/x"]), "refused option"),
+            (job_parts(b"", compiler="gcc-99"),
+             "not installed"),
+            (job_parts(b"", lang="assembler"), "language"),
+            (job_parts(b"", cwd="relative"), "not absolute"),
+            ([b"\x00\x00\x00\x02{}"], "sizes"),
+            (distcc.pack_body({"compiler": "gcc"}, [b"x"]), "2 blobs"),
+        ]
+        for i, (parts, words) in enumerate(cases, 1):
+            self.server.send(distcc.JOB, i, parts)
+            kind, job_id, body = self.server.receive()
+            self.assertEqual((kind, job_id), (distcc.ERROR, i), words)
+            self.assertIn(words, bytes(body).decode(), words)
+
+    def test_paths_stay_in_the_job_dir(self):
+        root = "/tmp/distccpy-x"
+        for cwd, name in (("/a", "../../../etc/passwd"), ("/", "/etc/x"),
+                          ("/a/b", "../../..//x")):
+            path = distcc.confined_path(root, cwd, name)
+            self.assertTrue(path.startswith(root + "/"), (cwd, name, path))
+
+    def test_identity_query(self):
+        self.server.send(distcc.QUERY, 3, distcc.pack_body({"compiler": "gcc"}))
+        kind, job_id, body = self.server.receive()
+        meta, _ = distcc.unpack_body(body)
+        self.assertEqual((kind, job_id), (distcc.IDENTITY, 3))
+        self.assertEqual(meta["identity"],
+                         distcc.compiler_identity(shutil.which("gcc")))
+
+    def test_garbage_gets_an_error_and_a_clean_exit(self):
+        self.server.proc.stdin.write(b"this is not a frame at all\n")
+        self.server.proc.stdin.flush()
+        kind, job_id, body = self.server.receive()
+        self.assertEqual(kind, distcc.ERROR)
+        self.assertIn("magic", bytes(body).decode())
+        err = self.server.close()
+        self.assertEqual(self.server.proc.returncode, 0)
+        self.assertNotIn(b"Traceback", err)
+        self.server = ServerProcess()   # tearDown closes this one
+
+    def test_temp_dirs_are_removed(self):
+        before = set(os.listdir(tempfile.gettempdir()))
+        self.server.send(distcc.JOB, 1, job_parts(b"int v;\n"))
+        self.assertEqual(self.server.receive()[0], distcc.RESULT)
+        after = set(os.listdir(tempfile.gettempdir()))
+        self.assertEqual([d for d in after - before
+                          if d.startswith("distccpy-")], [])
+
+# ---------------------------------------------------------------------------
+# Relay and wrapper, end to end over the real sshd
+
+
+class EndToEnd(unittest.TestCase):
+    """Each test gets a work dir, a DISTCC_DIR and the shared sshd."""
+
+    def setUp(self):
+        if not HAVE_GCC:
+            self.skipTest("gcc and g++ are not installed")
+        self.sshd = require_sshd(self)
+        self.work = tempfile.mkdtemp(prefix="distccpy-test-")
+        self.distcc_dir = os.path.join(self.work, ".distcc")
+        self.log = os.path.join(self.work, "distcc.log")
+        self.env = env_without_distcc(
+            DISTCC_DIR=self.distcc_dir,
+            DISTCC_HOSTS=self.sshd.host(),
+            DISTCC_SSH=self.sshd.ssh_command(),
+            DISTCC_FALLBACK="0",
+            DISTCC_LOG=self.log,
+            DISTCC_VERBOSE="1",
+            LC_ALL="C")
+
+    def tearDown(self):
+        for pid in self.relay_pids():
+            end_process(pid)
+        self.stop_ssh_masters()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def relay_pids(self):
+        pids = set()
+        if os.path.isdir(self.distcc_dir):
+            for name in os.listdir(self.distcc_dir):
+                if name.endswith(".lock"):
+                    with open(os.path.join(self.distcc_dir, name)) as f:
+                        text = f.read().strip()
+                    if text.isdigit():
+                        pids.add(int(text))
+        return pids
+
+    def stop_ssh_masters(self):
+        if not os.path.isdir(self.distcc_dir):
+            return
+        for name in ("distcc-test", "distcc-dead"):
+            r = run(["ssh", "-F", self.sshd.config, "-o",
+                     "ControlPath=%s/cm-%%C" % self.distcc_dir, "-O", "check",
+                     name], timeout=10)
+            m = re.search(rb"pid=(\d+)", r.stderr)
+            if m:
+                run(["ssh", "-F", self.sshd.config, "-o",
+                     "ControlPath=%s/cm-%%C" % self.distcc_dir, "-O", "exit",
+                     name], timeout=10)
+                end_process(int(m.group(1)))
+
+    def write(self, rel, text):
+        path = os.path.join(self.work, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def distcc(self, argv, env=None, cwd=None):
+        return run([sys.executable, DISTCC_PY] + argv, env=env or self.env,
+                   cwd=cwd or self.work)
+
+    def local(self, argv, cwd=None):
+        return run(argv, cwd=cwd or self.work, env=self.env)
+
+    def read(self, rel):
+        with open(os.path.join(self.work, rel), "rb") as f:
+            return f.read()
+
+    def trace(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def assertSameArtifacts(self, argv, artifacts, cwd=None):
+        """Compile ARGV locally and through distcc.py; compare ARTIFACTS
+        (paths relative to the work dir) byte for byte, and the output."""
+        local = self.local(argv, cwd=cwd)
+        saved = {a: self.read(a) for a in artifacts}
+        for a in artifacts:
+            os.unlink(os.path.join(self.work, a))
+        remote = self.distcc(argv, cwd=cwd)
+        self.assertEqual(remote.returncode, local.returncode,
+                         remote.stderr.decode(errors="replace"))
+        self.assertEqual(remote.stderr, local.stderr)
+        self.assertEqual(remote.stdout, local.stdout)
+        for a in artifacts:
+            self.assertEqual(self.read(a), saved[a],
+                             "%s differs for %s" % (a, " ".join(argv)))
+        self.assertIn("compiled on distcc-test", self.trace())
+
+
+class TestRelay(EndToEnd):
+
+    def test_one_handshake_for_many_compiles(self):
+        for i in range(8):
+            self.write("m/f%d.c" % i, "int f%d(int x) { return x * %d; }\n"
+                       % (i, i))
+        before = self.sshd.auth_count()
+        for i in range(8):
+            r = self.distcc(["gcc", "-O2", "-c", "m/f%d.c" % i, "-o",
+                             "m/f%d.o" % i])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.sshd.auth_count() - before, 1,
+                         "8 compiles should cost one ssh authentication")
+        self.assertEqual(self.trace().count("compiled on distcc-test"), 8)
+
+    def test_racing_cold_wrappers_start_one_relay(self):
+        n = 12
+        for i in range(n):
+            self.write("r/f%d.c" % i, "int g%d(void) { return %d; }\n" % (i, i))
+        before = self.sshd.auth_count()
+        procs = [subprocess.Popen(
+            [sys.executable, DISTCC_PY, "gcc", "-c", "r/f%d.c" % i, "-o",
+             "r/f%d.o" % i], cwd=self.work, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(n)]
+        for p in procs:
+            out, err = p.communicate(timeout=TIMEOUT)
+            self.assertEqual(p.returncode, 0, err)
+        relays = set(re.findall(r"distcc.py\[(\d+)\] relay: relay for",
+                                self.trace()))
+        self.assertEqual(len(relays), 1, self.trace())
+        self.assertEqual(self.sshd.auth_count() - before, 1)
+        self.assertEqual(len(self.relay_pids()), 1)
+
+    def test_jobs_run_concurrently(self):
+        # Each compile sleeps on the host inside a #pragma-free slow path:
+        # a large constant-folded array makes gcc busy for a while.
+        slow = "static const int t[] = {%s};\nint get(int i){return t[i];}\n" \
+            % ",".join(str(i * 7 % 13) for i in range(60000))
+        for i in range(4):
+            self.write("c/s%d.c" % i, slow.replace("get", "get%d" % i))
+        self.distcc(["gcc", "-c", "c/s0.c", "-o", "c/s0.o"])   # warm up
+        procs = [subprocess.Popen(
+            [sys.executable, DISTCC_PY, "gcc", "-c", "c/s%d.c" % i, "-o",
+             "c/s%d.o" % i], cwd=self.work, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(4)]
+        for p in procs:
+            p.communicate(timeout=TIMEOUT)
+            self.assertEqual(p.returncode, 0)
+        # The server logs nothing; the relay's trace shows overlapping jobs
+        # when each 'send' is followed by another 'send' before 'compiled'.
+        events = re.findall(r"(send c/s\d|c/s\d\.c compiled)", self.trace())
+        depth = peak = 0
+        for e in events[2:]:                       # skip the warm-up job
+            depth += 1 if e.startswith("send") else -1
+            peak = max(peak, depth)
+        self.assertGreater(peak, 1, "jobs never overlapped: %s" % events)
+
+    def test_relay_exits_when_idle_and_removes_its_socket(self):
+        self.write("i.c", "int i;\n")
+        env = dict(self.env, DISTCC_RELAY_TIMEOUT="1")
+        r = self.distcc(["gcc", "-c", "i.c"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        pids = self.relay_pids()
+        self.assertEqual(len(pids), 1)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(map(process_alive, pids)):
+            time.sleep(0.1)
+        self.assertFalse(any(map(process_alive, pids)))
+        socks = [n for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
+        self.assertEqual(socks, [])
+        # The next wrapper starts a new relay, through the kept master.
+        before = self.sshd.auth_count()
+        r = self.distcc(["gcc", "-c", "i.c"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.sshd.auth_count(), before)
+
+    def test_state_dir_is_private(self):
+        self.write("p.c", "int p;\n")
+        r = self.distcc(["gcc", "-c", "p.c"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(os.stat(self.distcc_dir).st_mode & 0o777, 0o700)
+        socks = [n for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
+        self.assertEqual(len(socks), 1)
+        mode = os.stat(os.path.join(self.distcc_dir, socks[0])).st_mode
+        self.assertEqual(mode & 0o777, 0o600)
+
+    def test_insecure_state_dir_is_refused(self):
+        self.write("p.c", "int p;\n")
+        os.makedirs(self.distcc_dir)
+        os.chmod(self.distcc_dir, 0o777)
+        r = self.distcc(["gcc", "-c", "p.c"])
+        self.assertNotEqual(r.returncode, 0)
+        self.assertRegex(r.stderr.decode(), r"^distcc.py: usage: .* writable "
+                         r"by others .*; run chmod 700 .*\n$")
+
+
+class TestWrapper(EndToEnd):
+
+    def setUp(self):
+        EndToEnd.setUp(self)
+        self.write("src/local.h", LOCAL_H)
+        self.write("src/a.c", C_SOURCE)
+        self.write("src/b.cc", CXX_SOURCE)
+        os.makedirs(os.path.join(self.work, "obj"))
+
+    def test_c_and_cxx_objects_are_identical(self):
+        matrix = [
+            ["gcc", "-O2", "-c", "src/a.c", "-o", "obj/a.o"],
+            ["gcc", "-O2", "-g", "-c", "src/a.c", "-o", "obj/a.o"],
+            ["gcc", "-O0", "-g", "-Wall", "-DEXTRA=1", "-c", "src/a.c", "-o",
+             "obj/a.o"],
+            ["g++", "-O2", "-c", "src/b.cc", "-o", "obj/b.o"],
+            ["g++", "-O1", "-g", "-std=c++17", "-c", "src/b.cc", "-o",
+             "obj/b.o"],
+            ["gcc", "-O2", "-g", "-c", os.path.join(self.work, "src/a.c"),
+             "-o", os.path.join(self.work, "obj/a.o")],
+        ]
+        for argv in matrix:
+            with self.subTest(argv=" ".join(argv)):
+                self.assertSameArtifacts(argv, ["obj/" + os.path.basename(
+                    argv[-1])])
+
+    def test_depfile_and_default_output_are_identical(self):
+        self.assertSameArtifacts(
+            ["gcc", "-O2", "-MD", "-c", "src/a.c", "-o", "obj/a.o"],
+            ["obj/a.o", "obj/a.d"])
+        self.assertSameArtifacts(
+            ["gcc", "-MMD", "-MP", "-c", "src/a.c"], ["a.o", "a.d"])
+
+    def test_source_compiled_from_its_parent_and_S(self):
+        self.assertSameArtifacts(
+            ["gcc", "-O2", "-g", "-c", "a.c", "-o", "../obj/a.o"],
+            ["obj/a.o"], cwd=os.path.join(self.work, "src"))
+        self.assertSameArtifacts(["gcc", "-O2", "-S", "src/a.c"], ["a.s"])
+
+    def test_compile_error_matches_local(self):
+        self.write("src/e.c", ERROR_SOURCE)
+        argv = ["gcc", "-Wall", "-c", "src/e.c", "-o", "obj/e.o"]
+        local = self.local(argv)
+        remote = self.distcc(argv)
+        self.assertEqual(local.returncode, 1)
+        self.assertEqual(remote.returncode, local.returncode)
+        self.assertEqual(remote.stderr.decode(), local.stderr.decode())
+        self.assertFalse(os.path.exists(os.path.join(self.work, "obj/e.o")))
+        self.assertIn("compiled on distcc-test", self.trace())
+        self.assertNotIn("locally", self.trace())
+
+    def test_warnings_match_local(self):
+        self.write("src/w.c", WARNING_SOURCE)
+        self.assertSameArtifacts(
+            ["gcc", "-Wall", "-c", "src/w.c", "-o", "obj/w.o"], ["obj/w.o"])
+
+    def test_dead_host_falls_back_locally(self):
+        env = dict(self.env, DISTCC_HOSTS=self.sshd.host("distcc-dead"),
+                   DISTCC_FALLBACK="1")
+        argv = ["gcc", "-O2", "-c", "src/a.c", "-o", "obj/a.o"]
+        local = self.local(argv)
+        want = self.read("obj/a.o")
+        os.unlink(os.path.join(self.work, "obj/a.o"))
+        r = self.distcc(argv, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.read("obj/a.o"), want)
+        self.assertEqual(local.returncode, 0)
+        self.assertRegex(r.stderr.decode(),
+                         r"distcc.py: distcc-dead: transport: ssh failed "
+                         r"\(exit 255.*compiling src/a.c locally")
+
+    def test_dead_host_without_fallback_fails_cleanly(self):
+        env = dict(self.env, DISTCC_HOSTS=self.sshd.host("distcc-dead"))
+        r = self.distcc(["gcc", "-O2", "-c", "src/a.c", "-o", "obj/a.o"],
+                        env=env)
+        self.assertEqual(r.returncode, distcc.EXIT_DISTCC_FAILED)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "obj/a.o")))
+        lines = r.stderr.decode().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r"^distcc.py: transport: ssh failed")
+        self.assertEqual([n for n in os.listdir(os.path.join(self.work, "obj"))
+                          if n.endswith(".tmp")], [])
+
+    def test_wrong_remote_command_is_explained(self):
+        env = dict(self.env, DISTCC_HOSTS="@distcc-test:/no/such/distcc.py")
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "obj/a.o"], env=env)
+        self.assertEqual(r.returncode, distcc.EXIT_DISTCC_FAILED)
+        self.assertIn("not found (exit 127)", r.stderr.decode())
+        self.assertIn("@host:/path/to/distcc.py", r.stderr.decode())
+
+    def test_local_only_compiles_exec_the_compiler(self):
+        r = self.distcc(["gcc", "-E", "src/a.c"])
+        self.assertEqual(r.returncode, 0)
+        self.assertIn(b"LOCAL_OFFSET", self.read("src/local.h"))
+        self.assertIn("local: -E only preprocesses", self.trace())
+        self.assertEqual(self.relay_pids(), set())
+
+    def test_no_hosts_compiles_locally(self):
+        env = dict(self.env)
+        del env["DISTCC_HOSTS"]
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "obj/a.o"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("local: no remote hosts", self.trace())
+
+    def test_hosts_file(self):
+        env = dict(self.env)
+        del env["DISTCC_HOSTS"]
+        os.makedirs(self.distcc_dir, mode=0o700)
+        with open(os.path.join(self.distcc_dir, "hosts"), "w") as f:
+            f.write("# build hosts\n%s\n" % self.sshd.host())
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "obj/a.o"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-test", self.trace())
+
+
+class TestRealWorld(EndToEnd):
+    """A real C library (Brotli, 30+ files) built with make -j."""
+
+    def test_brotli_with_make(self):
+        src = fetch_brotli(self)
+        files = sorted(
+            os.path.relpath(os.path.join(d, f), src)
+            for sub in ("common", "dec", "enc")
+            for d, _, names in os.walk(os.path.join(src, sub))
+            for f in names if f.endswith(".c"))
+        self.assertGreaterEqual(len(files), 30)
+        shutil.copytree(src, os.path.join(self.work, "c"))
+        objs = [f[:-2] + ".o" for f in files]
+        with open(os.path.join(self.work, "c", "Makefile"), "w") as f:
+            f.write("CFLAGS = -O2 -g -Iinclude\nall: %s\n"
+                    "%%.o: %%.c\n\t$(CC) $(CFLAGS) -MMD -c $< -o $@\n"
+                    % " ".join(objs))
+        cdir = os.path.join(self.work, "c")
+        r = run(["make", "-j4", "CC=gcc"], cwd=cdir, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        local = {o: self.read("c/" + o) for o in objs}
+        deps = {o: self.read("c/" + o[:-2] + ".d") for o in objs}
+        for o in objs:
+            os.unlink(os.path.join(cdir, o))
+            os.unlink(os.path.join(cdir, o[:-2] + ".d"))
+        before = self.sshd.auth_count()
+        r = run(["make", "-j8", "CC=%s %s gcc" % (sys.executable, DISTCC_PY)],
+                cwd=cdir, env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        different = [o for o in objs if self.read("c/" + o) != local[o]]
+        self.assertEqual(different, [])
+        different = [o for o in objs
+                     if self.read("c/" + o[:-2] + ".d") != deps[o]]
+        self.assertEqual(different, [])
+        self.assertEqual(self.trace().count("compiled on distcc-test"),
+                         len(objs))
+        self.assertEqual(self.sshd.auth_count() - before, 1)
+
+# ---------------------------------------------------------------------------
+# Main dispatch
+
+
+class TestMain(unittest.TestCase):
+
+    def test_version_and_help(self):
+        r = run([sys.executable, DISTCC_PY, "--version"])
+        self.assertEqual(r.stdout.decode(), "distcc.py %s (protocol %d)\n"
+                         % (distcc.VERSION, distcc.PROTOCOL))
+        r = run([sys.executable, DISTCC_PY, "--help"])
+        self.assertEqual(r.returncode, 0)
+        self.assertLess(len(r.stdout.decode().splitlines()), 25)
+
+    def test_bad_configuration_is_one_line(self):
+        cases = [
+            # environment, words
+            ({"DISTCC_HOSTS": "buildbox"}, "distcc.py speaks ssh only"),
+            ({"DISTCC_HOSTS": "@box/zero"}, "'@box/zero'"),
+            ({"DISTCC_SSH": "ssh 'unclosed"}, "DISTCC_SSH"),
+            ({"DISTCC_RELAY_TIMEOUT": "soon"}, "DISTCC_RELAY_TIMEOUT"),
+        ]
+        with tempfile.TemporaryDirectory() as d:
+            for extra, words in cases:
+                env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
+                                         **extra)
+                r = run([sys.executable, DISTCC_PY, "gcc", "-c", "x.c"],
+                        env=env, cwd=d)
+                err = r.stderr.decode()
+                self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS, err)
+                self.assertEqual(len(err.splitlines()), 1, err)
+                self.assertTrue(err.startswith("distcc.py: "), err)
+                self.assertIn(words, err)
+
+    def test_unknown_option_and_missing_compiler(self):
+        r = run([sys.executable, DISTCC_PY, "--frobnicate"])
+        self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
+        self.assertIn("unknown option --frobnicate", r.stderr.decode())
+        with tempfile.TemporaryDirectory() as d:
+            env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"))
+            r = run([sys.executable, DISTCC_PY, "no-such-cc-1", "-c", "x.c"],
+                    env=env, cwd=d)
+        self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
+        self.assertRegex(r.stderr.decode(),
+                         r"^distcc.py: usage: cannot run no-such-cc-1: .*; "
+                         r"is the compiler installed and on PATH\?\n$")
+
+# ---------------------------------------------------------------------------
+# Runner: unittest, with a closing line that counts
+
+
+class CountingResult(unittest.TextTestResult):
+    """Counts passed tests (subtests pass or fail with their test)."""
+
+
+def main():
+    suite = unittest.defaultTestLoader.loadTestsFromModule(
+        sys.modules[__name__]) if len(sys.argv) < 2 else \
+        unittest.defaultTestLoader.loadTestsFromNames(
+            sys.argv[1:], sys.modules[__name__])
+    runner = unittest.TextTestRunner(verbosity=2, resultclass=CountingResult)
+    result = runner.run(suite)
+    failed = len(result.failures) + len(result.errors) + \
+        len(result.unexpectedSuccesses)
+    skipped = len(result.skipped)
+    passed = result.testsRun - failed - skipped
+    print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
+    return 0 if failed == 0 and result.testsRun > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
