@@ -149,8 +149,9 @@ class LocalOnly(DistccError):
 
     what = "local"
 
-    def __init__(self, reason):
+    def __init__(self, reason, job=None):
         DistccError.__init__(self, reason)
+        self.job = job                # what scanning learned, or None
 
     def __str__(self):
         return self.detail
@@ -399,6 +400,8 @@ CPP_OPTIONS_WITH_VALUE = (
 )
 # Link-only options: meaningless with -c, so the host never sees them.
 LINK_OPTIONS_WITH_VALUE = {"-L", "-l", "-T", "-u", "-z", "-e", "-Xlinker"}
+LINK_FLAGS = {"-static", "-shared", "-pie", "-no-pie", "-rdynamic", "-s",
+              "-nostdlib", "-nodefaultlibs", "-nostartfiles"}
 CPP_FLAGS = {"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++",
              "-undef", "-C", "-CC", "-H", "-P", "-remap"}
 
@@ -410,7 +413,7 @@ OPTIONS_WITH_SEPARATE_VALUE = {
     "--sysroot", "--param", "-Xpreprocessor", "-Xassembler", "-Xlinker",
     "-Xclang", "-mllvm", "-aux-info", "-L", "-l", "-T", "-u", "-z", "-e",
     "-target", "--target", "-arch", "-dumpbase", "-dumpdir",
-    "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G",
+    "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G", "-MJ",
 }
 
 # Local-only options, each with the reason.  Exact matches first, then
@@ -434,7 +437,6 @@ LOCAL_EXACT = {
     "-Xassembler": "-Xassembler options may write listings",
     "-Xpreprocessor": "-Xpreprocessor options are not parsed",
     "-aux-info": "-aux-info writes a side file",
-    "-MJ": "-MJ writes a compilation database entry",
     "-g3": "-g3 records macros the host would see differently",
     "-ggdb3": "-g3 records macros the host would see differently",
 }
@@ -453,12 +455,12 @@ LOCAL_PREFIXES = (
     ("-save-temps", "-save-temps writes side files that are not shipped"),
     ("-fdump-", "-fdump- writes side files that are not shipped"),
     ("-fcallgraph-info", "-fcallgraph-info writes a side file"),
-    ("-Wp,", "-Wp, passes options straight to the preprocessor"),
     ("-fsanitize-blacklist", "sanitizer lists are files here"),
     ("-fsanitize-ignorelist", "sanitizer lists are files here"),
     ("-include-pch", "precompiled headers are files here"),
     ("-fmodules", "clang modules read caches here"),
     ("-ftime-trace", "-ftime-trace writes a side file"),
+    ("-MJ", "-MJ writes a compilation database entry"),
 )
 
 
@@ -545,135 +547,158 @@ def split_value_option(args, i, names):
 def scan_args(argv):
     """Turn a compiler command line into a Job.
 
-    Raises LocalOnly with the reason when the compile must run here."""
+    Raises LocalOnly with the reason when the compile must run here; the
+    exception's job still names the input and output (for --explain)."""
     if not argv:
         raise LocalOnly("no compiler given")
     job = Job(argv[0], list(argv))
     args = argv[1:]
-    sources = []
+    family = compiler_family(job.compiler)
+    reason = None            # the first reason to stay local
+    sources = []             # (path, -x language in force)
     output = None
     deps = False             # -MD or -MMD seen
-    mf = None
+    mf = None                # -MF value
     targets = False          # -MT or -MQ seen
+    stdout_only = None       # -E, -M, -MM, -fsyntax-only: what it is
     cpp = []                 # arguments kept for preprocessing
     remote = []              # arguments kept for the host
     lang = None
-    family = compiler_family(job.compiler)
     i = 0
     while i < len(args):
         arg = args[i]
-        if arg == "-" or (not arg.startswith("-") and not arg.startswith("@")):
-            sources.append((arg, lang))
+        if arg == "-" or not arg.startswith("-"):
+            if arg.startswith("@"):
+                reason = reason or "@file response files are read here"
+            else:
+                sources.append((arg, lang))
             i += 1
             continue
-        reason = local_reason(arg)
-        if reason:
-            raise LocalOnly(reason)
+        why = local_reason(arg)
+        if why:
+            reason = reason or why
+            if arg in ("-E", "-M", "-MM", "-fsyntax-only"):
+                stdout_only = arg
         if arg in ("-c", "-S"):
             if job.mode and job.mode != arg:
-                raise LocalOnly("both -c and -S given")
+                reason = reason or "both -c and -S given"
             job.mode = arg
             i += 1
             continue
-        if arg == "-o" or (arg.startswith("-o") and len(arg) > 2):
-            if arg == "-o":
-                if i + 1 >= len(args):
-                    raise LocalOnly("-o has no value")
-                output, i = args[i + 1], i + 2
-            else:
-                output, i = arg[2:], i + 1
+        if arg.startswith("-o"):
+            output, i = (args[i + 1] if i + 1 < len(args) else None,
+                         i + 2) if arg == "-o" else (arg[2:], i + 1)
+            if output is None:
+                reason = reason or "-o has no value"
             continue
-        if arg == "-x" or (arg.startswith("-x") and len(arg) > 2):
-            if arg == "-x":
-                if i + 1 >= len(args):
-                    raise LocalOnly("-x has no value")
-                lang, i = args[i + 1], i + 2
-            else:
-                lang, i = arg[2:], i + 1
+        if arg.startswith("-x"):
+            lang, i = (args[i + 1] if i + 1 < len(args) else "",
+                       i + 2) if arg == "-x" else (arg[2:], i + 1)
             if lang == "none":
                 lang = None
             elif lang not in DISTRIBUTABLE_LANGS:
-                raise LocalOnly("-x %s is not C, C++ or Objective-C" % lang)
+                reason = reason or "-x %s is not C, C++ or Objective-C" % lang
+            continue
+        if arg.startswith("-Wp,"):
+            wp = arg[4:].split(",")
+            if len(wp) == 2 and wp[0] in ("-MD", "-MMD"):
+                # gcc hands "-MD FILE" straight to the preprocessor: FILE is
+                # the .d, and its target is derived as for -MD.
+                deps, mf = True, wp[1]
+                cpp.append("-" + wp[0].lstrip("-"))
+            elif all(w.startswith(("-D", "-U", "-I")) and len(w) > 2
+                     for w in wp):
+                cpp.append(arg)
+            else:
+                reason = reason or "-Wp, passes options straight to the " \
+                    "preprocessor"
+            i += 1
             continue
         split = split_value_option(args, i, CPP_OPTIONS_WITH_VALUE)
         if split:
             name, value, nxt = split
             if name == "-MF":
                 mf = value
-            elif name in ("-MT", "-MQ"):
-                targets = True
-                cpp.extend(args[i:nxt])
             else:
+                targets = targets or name in ("-MT", "-MQ")
                 cpp.extend(args[i:nxt])
             i = nxt
             continue
         if arg in CPP_FLAGS:
-            if arg in ("-MD", "-MMD"):
-                deps = True
+            deps = deps or arg in ("-MD", "-MMD")
             cpp.append(arg)
             i += 1
             continue
         if arg in OPTIONS_WITH_SEPARATE_VALUE:
             if i + 1 >= len(args):
-                raise LocalOnly("%s has no value" % arg)
+                reason = reason or "%s has no value" % arg
+                i += 1
+                continue
             cpp.extend(args[i:i + 2])
             if arg not in LINK_OPTIONS_WITH_VALUE:
                 remote.extend(args[i:i + 2])
             i += 2
             continue
-        if arg.startswith(("-L", "-l", "-Wl,")) or arg in (
-                "-static", "-shared", "-pie", "-no-pie", "-rdynamic",
-                "-s", "-nostdlib", "-nodefaultlibs", "-nostartfiles"):
+        if arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
             cpp.append(arg)  # link-only: the host does not need it
             i += 1
             continue
-        if family == "clang" and (arg == "-g" or arg.startswith("-g")) and \
-                arg not in ("-g0",):
-            raise LocalOnly("clang -g records file checksums the host "
-                            "cannot reproduce")
+        if family == "clang" and arg.startswith("-g") and arg != "-g0":
+            reason = reason or "clang -g records file checksums the host " \
+                "cannot reproduce"
         cpp.append(arg)
         remote.append(arg)
         i += 1
 
+    # What the local compiler would read and write, for every decision.
+    job.source = [s for s, _ in sources] if len(sources) > 1 else \
+        (sources[0][0] if sources else None)
+    stem = os.path.basename(sources[0][0]) if sources else None
+    if len(sources) == 1:
+        job.lang = sources[0][1] or language_of(sources[0][0])
+    if stdout_only:
+        job.output = output if stdout_only == "-E" else None
+        if stdout_only in ("-M", "-MM"):
+            job.output = mf or output
+    elif job.mode is None:
+        job.output = output or "a.out"
+    elif output is not None:
+        job.output = output
+    elif len(sources) == 1:
+        job.output = replace_suffix(stem, ".o" if job.mode == "-c" else ".s")
+
+    if reason:
+        raise LocalOnly(reason, job)
     if not job.mode:
-        raise LocalOnly("no -c or -S: this command links")
+        raise LocalOnly("no -c or -S: this command links", job)
     if not sources:
-        raise LocalOnly("no source file")
+        raise LocalOnly("no source file", job)
     if len(sources) > 1:
-        raise LocalOnly("%d source files in one command" % len(sources))
+        raise LocalOnly("%d source files in one command" % len(sources), job)
     source, source_lang = sources[0]
     if source == "-":
-        raise LocalOnly("source is standard input")
-    job.source = source
+        raise LocalOnly("source is standard input", job)
     job.explicit_lang = source_lang
-    job.lang = source_lang or language_of(source)
     if job.lang is None:
-        raise LocalOnly("%s is not a C, C++ or Objective-C source" % source)
-    if job.lang not in DISTRIBUTABLE_LANGS:
-        raise LocalOnly("-x %s is not C, C++ or Objective-C" % job.lang)
-    stem = os.path.basename(source)
-    if stem.startswith("conftest.") or stem.startswith("conftest_"):
-        raise LocalOnly("configure test programs are cheap and fragile")
+        raise LocalOnly("%s is not a C, C++ or Objective-C source" % source,
+                        job)
+    if stem.startswith(("conftest.", "conftest_")):
+        raise LocalOnly("configure test programs are cheap and fragile", job)
     if output == "-":
-        raise LocalOnly("output goes to standard output")
-    output_given = output is not None
-    if output is None:
-        output = replace_suffix(stem, ".o" if job.mode == "-c" else ".s")
-    job.output = output
+        raise LocalOnly("output goes to standard output", job)
 
     if deps:
         # The local compile derives the .d name and its target from -o;
         # the preprocessing step has no -o, so spell both out.
         if mf is None:
-            mf = replace_suffix(output if output_given else stem, ".d")
-        cpp.extend(["-MF", mf])
+            mf = replace_suffix(output if output is not None else stem, ".d")
         if not targets:
             # gcc's default target is the -o name, quoted for make; without
             # -o it is the source's stem with .o, even for -S.
-            cpp.extend(["-MQ", output if output_given
+            cpp.extend(["-MQ", output if output is not None
                         else replace_suffix(stem, ".o")])
         job.depfile = mf
-    elif mf is not None:
+    if mf is not None:
         cpp.extend(["-MF", mf])
     job.cpp_args = cpp
     job.remote_args = remote
@@ -1815,6 +1840,92 @@ def write_output(path, data):
         raise
 
 
+def expand_response_files(argv, depth=0):
+    """Expand @FILE arguments as gcc does (quotes, backslashes, nesting).
+
+    An unreadable @FILE stays as it is, as with gcc; the scanner then keeps
+    the compile local."""
+    out = []
+    for arg in argv:
+        if not arg.startswith("@") or len(arg) == 1 or depth > 10:
+            out.append(arg)
+            continue
+        try:
+            with open(arg[1:], encoding="utf-8", errors="surrogateescape") \
+                    as f:
+                text = f.read()
+        except OSError:
+            out.append(arg)
+            continue
+        out.extend(expand_response_files(split_response_text(text),
+                                         depth + 1))
+    return out
+
+
+def split_response_text(text):
+    """Split a response file's text into arguments, as libiberty does."""
+    args = []
+    current = []
+    have = False
+    quote = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            current.append(text[i + 1])
+            have = True
+            i += 2
+            continue
+        if quote:
+            if c == quote:
+                quote = None
+            else:
+                current.append(c)
+        elif c in "'\"":
+            quote = c
+            have = True
+        elif c.isspace():
+            if have or current:
+                args.append("".join(current))
+            current, have = [], False
+        else:
+            current.append(c)
+        i += 1
+    if have or current:
+        args.append("".join(current))
+    return args
+
+
+def check_job_files(job):
+    """Raise LocalOnly when the file system makes JOB a local compile.
+
+    A missing source or output directory gets the local compiler's own
+    error message that way."""
+    if not os.path.isfile(job.source):
+        raise LocalOnly("source %s does not exist" % job.source, job)
+    if not os.path.isdir(os.path.dirname(job.output) or "."):
+        raise LocalOnly("output directory of %s does not exist" % job.output,
+                        job)
+
+
+def explain(argv):
+    """Print the decision for compiler command ARGV as one line of JSON."""
+    try:
+        job = scan_args(expand_response_files(argv))
+        check_job_files(job)
+        remote, reason = True, None
+    except LocalOnly as e:
+        job, remote, reason = e.job, False, e.detail
+    answer = {"remote": remote,
+              "input": job.source if job else None,
+              "output": job.output if job else None,
+              "reason": reason,
+              "language": job.lang if job else None,
+              "depfile": job.depfile if job else None}
+    sys.stdout.write(json.dumps(answer) + "\n")
+    return 0
+
+
 def compile_remote(config, job, host):
     """Compile JOB on HOST; return the compiler's exit status.
 
@@ -1896,14 +2007,11 @@ def color_wanted(job):
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     try:
-        job = scan_args(argv)
+        job = scan_args(expand_response_files(argv))
         host = choose_host(config.hosts())
         if host is None:
             raise LocalOnly("no remote hosts")
-        if not os.path.isdir(os.path.dirname(job.output) or "."):
-            raise LocalOnly("output directory does not exist")
-        if not os.path.isfile(job.source):
-            raise LocalOnly("source does not exist")
+        check_job_files(job)
         trace("remote: %s on %s" % (job.source, host.spec))
         try:
             return compile_remote(config, job, host)
@@ -1926,6 +2034,8 @@ def wrapper_main(argv, config):
 
 USAGE = """\
 usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
+       distcc.py --explain COMPILER ARGS...
+                                      say (as JSON) whether it would be remote
        distcc.py -i                   serve jobs on stdin/stdout (build host)
        distcc.py --stop               stop this user's relays
        distcc.py --version | --help
@@ -1948,6 +2058,11 @@ def main(argv=None):
             sys.stdout.write("distcc.py %s (protocol %d)\n"
                              % (VERSION, PROTOCOL))
             return 0
+        if argv[0] == "--explain":
+            if len(argv) < 2:
+                raise UsageError("--explain needs a compiler command",
+                                 "e.g. distcc.py --explain gcc -c a.c")
+            return explain(argv[1:])
         if argv[0] == "-i":
             if len(argv) != 1:
                 raise UsageError("-i takes no arguments",

@@ -93,6 +93,21 @@ def end_process(pid, timeout=5.0):
         pass  # not our child: its own parent (or init) reaps it
 
 
+def child_pids(pid):
+    """Return the pids whose parent is PID (Linux /proc)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open("/proc/%s/stat" % name) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(name))
+    return found
+
+
 def become_subreaper():
     """Adopt orphans (relays, ssh masters) so the tests can reap them."""
     if not sys.platform.startswith("linux"):
@@ -450,90 +465,196 @@ class TestFraming(unittest.TestCase):
 # ---------------------------------------------------------------------------
 # Argument scanning
 
-# (argv, expected remote?, input, output, reason substring or None)
+# One command line a case: (argv, remote?, input, output, reason subject).
+# For local cases, input and output are what the local compiler reads and
+# writes; the subject is a word the reason must contain.
 SCAN_CASES = [
-    # plain compiles
+    # plain compiles, both spellings of -o
     ("gcc -c a.c", True, "a.c", "a.o", None),
     ("gcc -c a.c -o b.o", True, "a.c", "b.o", None),
     ("gcc -c -ob.o a.c", True, "a.c", "b.o", None),
+    ("gcc -o b.o -c a.c", True, "a.c", "b.o", None),
     ("gcc -O2 -g -Wall -c src/a.c -o obj/a.o", True, "src/a.c", "obj/a.o",
      None),
-    ("g++ -std=c++17 -c x.cpp", True, "x.cpp", "x.o", None),
-    ("g++ -c x.cc", True, "x.cc", "x.o", None),
-    ("g++ -c x.cxx", True, "x.cxx", "x.o", None),
-    ("g++ -c x.C", True, "x.C", "x.o", None),
-    ("g++ -c x.c++", True, "x.c++", "x.o", None),
-    ("gcc -c x.m", True, "x.m", "x.o", None),
-    ("gcc -c x.i", True, "x.i", "x.o", None),
-    ("g++ -c x.ii", True, "x.ii", "x.o", None),
-    ("gcc -S a.c", True, "a.c", "a.s", None),
-    ("gcc -S a.c -o out.s", True, "a.c", "out.s", None),
-    ("gcc -c -x c weird.txt", True, "weird.txt", "weird.o", None),
-    ("gcc -c -xc++ weird.txt", True, "weird.txt", "weird.o", None),
-    ("cc -c -DX=1 -Iinc -include cfg.h a.c", True, "a.c", "a.o", None),
-    ("gcc -c a.c -MD", True, "a.c", "a.o", None),
-    ("gcc -c a.c -MMD -MF dep.d -MT tgt", True, "a.c", "a.o", None),
-    ("gcc -c a.c -L/usr/lib -lm", True, "a.c", "a.o", None),
-    ("x86_64-linux-gnu-gcc-12 -c a.c", True, "a.c", "a.o", None),
-    ("clang -c a.c -O2", True, "a.c", "a.o", None),
+    ("gcc -c src/a.c", True, "src/a.c", "a.o", None),
+    ("gcc -c ../up/a.c -o ../out/a.o", True, "../up/a.c", "../out/a.o", None),
     ("gcc -c /abs/path/a.c -o /abs/out/a.o", True, "/abs/path/a.c",
      "/abs/out/a.o", None),
-    # local: not compiling
-    ("gcc a.c -o a", False, "a.c", None, "links"),
-    ("gcc -E a.c", False, None, None, "-E"),
-    ("gcc -M a.c", False, None, None, "-M"),
-    ("gcc -MM -c a.c", False, None, None, "-MM"),
+    ("gcc -c a.b.c", True, "a.b.c", "a.b.o", None),
+    ("gcc -c dir.x/a", False, "dir.x/a", "a.o", "not a C"),
+    # languages by extension
+    ("g++ -c x.cpp", True, "x.cpp", "x.o", None),
+    ("g++ -c x.cc", True, "x.cc", "x.o", None),
+    ("g++ -c x.cxx", True, "x.cxx", "x.o", None),
+    ("g++ -c x.cp", True, "x.cp", "x.o", None),
+    ("g++ -c x.C", True, "x.C", "x.o", None),
+    ("g++ -c x.CPP", True, "x.CPP", "x.o", None),
+    ("g++ -c x.c++", True, "x.c++", "x.o", None),
+    ("gcc -c x.m", True, "x.m", "x.o", None),
+    ("gcc -c x.mm", True, "x.mm", "x.o", None),
+    ("gcc -c x.M", True, "x.M", "x.o", None),
+    ("gcc -c x.i", True, "x.i", "x.o", None),
+    ("g++ -c x.ii", True, "x.ii", "x.o", None),
+    ("gcc -c x.mi", True, "x.mi", "x.o", None),
+    ("gcc -c x.mii", True, "x.mii", "x.o", None),
+    ("gcc -c a.s", False, "a.s", "a.o", "not a C"),
+    ("gcc -c a.S", False, "a.S", "a.o", "not a C"),
+    ("gcc -c a.f90", False, "a.f90", "a.o", "not a C"),
+    ("gcc -c lib.o", False, "lib.o", "lib.o", "not a C"),
+    ("gcc -c noext", False, "noext", "noext.o", "not a C"),
+    # languages by -x, joined and separate
+    ("gcc -c -x c weird.txt", True, "weird.txt", "weird.o", None),
+    ("gcc -c -xc weird.txt", True, "weird.txt", "weird.o", None),
+    ("gcc -c -xc++ weird.txt", True, "weird.txt", "weird.o", None),
+    ("gcc -c -x c++ a.c", True, "a.c", "a.o", None),
+    ("gcc -c -x objective-c a.txt", True, "a.txt", "a.o", None),
+    ("gcc -c -x cpp-output a.txt", True, "a.txt", "a.o", None),
+    ("gcc -c -x none a.c", True, "a.c", "a.o", None),
+    ("gcc -c -x assembler a.s", False, "a.s", "a.o", "-x assembler"),
+    ("gcc -c -xassembler-with-cpp a.S", False, "a.S", "a.o",
+     "-x assembler-with-cpp"),
+    ("gcc -c -x f95 a.f", False, "a.f", "a.o", "-x f95"),
+    ("gcc -c -x go a.go", False, "a.go", "a.o", "-x go"),
+    # -S: distributed, the result is the .s
+    ("gcc -S a.c", True, "a.c", "a.s", None),
+    ("gcc -S a.c -o out.s", True, "a.c", "out.s", None),
+    ("gcc -S -o- a.c", False, "a.c", "-", "standard output"),
+    ("gcc -c -S a.c", False, "a.c", "a.s", "both -c and -S"),
+    # preprocessor options in both spellings stay here
+    ("cc -c -DX=1 -Iinc -include cfg.h a.c", True, "a.c", "a.o", None),
+    ("cc -c -D X=1 -I inc -U Y a.c", True, "a.c", "a.o", None),
+    ("gcc -c -isystem sys -iquote q -idirafter d a.c", True, "a.c", "a.o",
+     None),
+    ("gcc -c -imacros m.h -iprefix p -iwithprefixbefore w a.c", True, "a.c",
+     "a.o", None),
+    ("gcc -c --sysroot=/sr a.c", True, "a.c", "a.o", None),
+    ("gcc -c --sysroot /sr a.c", True, "a.c", "a.o", None),
+    ("gcc -c -nostdinc -undef a.c", True, "a.c", "a.o", None),
+    ("gcc -c -Wp,-DX=1,-UY a.c", True, "a.c", "a.o", None),
+    ("gcc -c -Wp,-P a.c", False, "a.c", "a.o", "-Wp,"),
+    # dependency files
+    ("gcc -c a.c -MD", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MMD", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MD -MF dep.d", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MD -MFdep.d", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MMD -MF dep.d -MT tgt", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MMD -MTtgt -MQ q", True, "a.c", "a.o", None),
+    ("gcc -c a.c -MD -MP -MG", True, "a.c", "a.o", None),
+    ("gcc -c -Wp,-MD,a.d a.c", True, "a.c", "a.o", None),
+    ("gcc -c -Wp,-MMD,a.d a.c", True, "a.c", "a.o", None),
+    ("gcc -M a.c", False, "a.c", None, "-M"),
+    ("gcc -MM a.c", False, "a.c", None, "-MM"),
+    ("gcc -MM -MF x.d a.c", False, "a.c", "x.d", "-MM"),
+    ("gcc -MM -c a.c", False, "a.c", None, "-MM"),
+    # link options are dropped for the host, not a reason to stay local
+    ("gcc -c a.c -L/usr/lib -lm", True, "a.c", "a.o", None),
+    ("gcc -c a.c -Wl,--as-needed -static", True, "a.c", "a.o", None),
+    ("gcc -c a.c -Xlinker -zdefs", True, "a.c", "a.o", None),
+    # compiler names
+    ("x86_64-linux-gnu-gcc-12 -c a.c", True, "a.c", "a.o", None),
+    ("x86_64-linux-gnu-g++ -c a.cc", True, "a.cc", "a.o", None),
+    ("gcc-12 -c a.c", True, "a.c", "a.o", None),
+    ("/usr/bin/gcc -c a.c", True, "a.c", "a.o", None),
+    ("cc -c a.c", True, "a.c", "a.o", None),
+    ("c++ -c a.cc", True, "a.cc", "a.o", None),
+    ("clang -c a.c -O2", True, "a.c", "a.o", None),
+    ("clang++-14 -c a.cc -O2", True, "a.cc", "a.o", None),
+    ("clang -c -g a.c", False, "a.c", "a.o", "clang -g"),
+    ("clang -c -g0 a.c", True, "a.c", "a.o", None),
+    # not compiling to an object
+    ("gcc a.c -o a", False, "a.c", "a", "links"),
+    ("gcc a.c", False, "a.c", "a.out", "links"),
+    ("gcc a.o b.o -o prog", False, ["a.o", "b.o"], "prog", "links"),
+    ("gcc -E a.c", False, "a.c", None, "-E"),
+    ("gcc -E a.c -o a.i", False, "a.c", "a.i", "-E"),
     ("gcc -c", False, None, None, "no source"),
-    ("gcc -c a.c b.c", False, None, None, "2 source"),
-    ("gcc -c -", False, None, None, "standard input"),
-    ("gcc -c a.c -o -", False, None, None, "standard output"),
-    ("gcc -fsyntax-only a.c", False, None, None, "-fsyntax-only"),
-    # local: this machine's CPU or files
-    ("gcc -c -march=native a.c", False, None, None, "-march=native"),
-    ("gcc -c -mtune=native a.c", False, None, None, "-mtune=native"),
-    ("gcc -c -fprofile-arcs a.c", False, None, None, "-fprofile-arcs"),
-    ("gcc -c -ftest-coverage a.c", False, None, None, "-ftest-coverage"),
-    ("gcc -c --coverage a.c", False, None, None, "--coverage"),
-    ("gcc -c -fprofile-generate a.c", False, None, None, "-fprofile-gen"),
-    ("gcc -c -fprofile-use=x a.c", False, None, None, "-fprofile-use"),
-    ("gcc -c -fauto-profile a.c", False, None, None, "-fauto-profile"),
-    ("gcc -c -frepo a.c", False, None, None, "-frepo"),
-    ("gcc -c -Wa,-adhln=a.lst a.c", False, None, None, "listing"),
-    ("gcc -c -fplugin=x.so a.c", False, None, None, "-fplugin"),
-    ("gcc -c -specs=x a.c", False, None, None, "-specs"),
-    ("gcc -c -B/opt/bin a.c", False, None, None, "-B"),
-    ("gcc -c @args a.c", False, None, None, "@file"),
-    ("gcc -c -wrapper gdb a.c", False, None, None, "-wrapper"),
-    ("gcc -c -save-temps a.c", False, None, None, "-save-temps"),
-    ("gcc -c -gsplit-dwarf a.c", False, None, None, "-gsplit-dwarf"),
-    ("gcc -c -Wp,-MD,a.d a.c", False, None, None, "-Wp,"),
-    ("gcc -c -x assembler a.s", False, None, None, "-x assembler"),
-    ("gcc -c a.s", False, None, None, "not a C"),
-    ("gcc -c a.S", False, None, None, "not a C"),
-    ("gcc -c conftest.c", False, None, None, "configure"),
-    ("clang -c -g a.c", False, None, None, "clang -g"),
+    ("gcc -c -O2", False, None, None, "no source"),
+    ("gcc -c a.c b.c", False, ["a.c", "b.c"], None, "2 source"),
+    ("gcc -c -", False, "-", "-.o", "standard input"),
+    ("gcc -c a.c -o -", False, "a.c", "-", "standard output"),
+    ("gcc -fsyntax-only a.c", False, "a.c", None, "-fsyntax-only"),
+    ("gcc -c a.c -o", False, "a.c", "a.o", "-o has no value"),
+    ("gcc -c a.c -x", False, "a.c", "a.o", "-x"),
+    # this machine's CPU
+    ("gcc -c -march=native a.c", False, "a.c", "a.o", "-march=native"),
+    ("gcc -c -mtune=native a.c", False, "a.c", "a.o", "-mtune=native"),
+    ("gcc -c -mcpu=native a.c", False, "a.c", "a.o", "-mcpu=native"),
+    # profiles and coverage read or write files here
+    ("gcc -c -fprofile-arcs a.c", False, "a.c", "a.o", "-fprofile-arcs"),
+    ("gcc -c -ftest-coverage a.c", False, "a.c", "a.o", "-ftest-coverage"),
+    ("gcc -c --coverage a.c", False, "a.c", "a.o", "--coverage"),
+    ("gcc -c -fprofile-generate a.c", False, "a.c", "a.o",
+     "-fprofile-generate"),
+    ("gcc -c -fprofile-generate=dir a.c", False, "a.c", "a.o",
+     "-fprofile-generate"),
+    ("gcc -c -fprofile-use a.c", False, "a.c", "a.o", "-fprofile-use"),
+    ("gcc -c -fprofile-use=x a.c", False, "a.c", "a.o", "-fprofile-use"),
+    ("gcc -c -fauto-profile=p a.c", False, "a.c", "a.o", "-fauto-profile"),
+    ("clang -c -fprofile-instr-generate a.c", False, "a.c", "a.o",
+     "profiling"),
+    ("gcc -c -frepo a.cc", False, "a.cc", "a.o", "-frepo"),
+    # host files and programs: never on the host
+    ("gcc -c -fplugin=x.so a.c", False, "a.c", "a.o", "-fplugin"),
+    ("gcc -c -fplugin-arg-x-y=z a.c", False, "a.c", "a.o", "-fplugin"),
+    ("gcc -c -specs=x a.c", False, "a.c", "a.o", "-specs"),
+    ("gcc -c --specs=x a.c", False, "a.c", "a.o", "-specs"),
+    ("gcc -c -B/opt/bin a.c", False, "a.c", "a.o", "-B"),
+    ("gcc -c -B /opt/bin a.c", False, "a.c", "a.o", "-B"),
+    ("gcc -c @args a.c", False, "a.c", "a.o", "@file"),
+    ("gcc -c -wrapper gdb,--args a.c", False, "a.c", "a.o", "-wrapper"),
+    ("gcc -c -Xclang -load a.c", False, "a.c", "a.o", "-Xclang"),
+    ("gcc -c -Wa,-adhln=a.lst a.c", False, "a.c", "a.o", "listing"),
+    ("gcc -c -Wa,--noexecstack,-alh a.c", False, "a.c", "a.o", "listing"),
+    ("gcc -c -Wa,--noexecstack a.c", True, "a.c", "a.o", None),
+    ("gcc -c -Xassembler -a a.c", False, "a.c", "a.o", "-Xassembler"),
+    ("clang -c -fsanitize-ignorelist=x.txt a.c", False, "a.c", "a.o",
+     "sanitizer"),
+    # side outputs that are not shipped back
+    ("gcc -c -save-temps a.c", False, "a.c", "a.o", "-save-temps"),
+    ("gcc -c -save-temps=obj a.c", False, "a.c", "a.o", "-save-temps"),
+    ("gcc -c -gsplit-dwarf a.c", False, "a.c", "a.o", "-gsplit-dwarf"),
+    ("gcc -c -fstack-usage a.c", False, "a.c", "a.o", "-fstack-usage"),
+    ("gcc -c -fdump-tree-all a.c", False, "a.c", "a.o", "-fdump-"),
+    ("gcc -c -fcallgraph-info a.c", False, "a.c", "a.o", "-fcallgraph-info"),
+    ("gcc -c -aux-info p.h a.c", False, "a.c", "a.o", "-aux-info"),
+    ("gcc -c -fopt-info-all=o.txt a.c", False, "a.c", "a.o", "-fopt-info"),
+    ("gcc -c -fopt-info a.c", True, "a.c", "a.o", None),
+    ("clang -c -MJ db.json a.c", False, "a.c", "a.o", "-MJ"),
+    ("clang -c -ftime-trace a.c", False, "a.c", "a.o", "-ftime-trace"),
+    ("gcc -c -g3 a.c", False, "a.c", "a.o", "-g3"),
+    # configure's test programs
+    ("gcc -c conftest.c", False, "conftest.c", "conftest.o", "configure"),
+    ("gcc -c -o conftest.o conftest.cpp", False, "conftest.cpp",
+     "conftest.o", "configure"),
+    # code-generation options travel
+    ("gcc -c -O3 -fPIC -fno-strict-aliasing -std=gnu11 a.c", True, "a.c",
+     "a.o", None),
+    ("gcc -c --param max-inline-insns-single=100 a.c", True, "a.c", "a.o",
+     None),
+    ("gcc -c -fdiagnostics-color=always a.c", True, "a.c", "a.o", None),
+    ("gcc -c -ffile-prefix-map=/src=. a.c", True, "a.c", "a.o", None),
 ]
 
 
 class TestScanArgs(unittest.TestCase):
 
-    def check(self, line, remote, source, output, reason):
+    def check(self, line, remote, source, output, subject):
         argv = line.split()
         try:
             job = distcc.scan_args(argv)
+            got = (True, job.source, job.output, None)
         except distcc.LocalOnly as e:
-            got = (False, str(e))
-            self.assertFalse(remote, "%r: expected remote, got local (%s)"
-                             % (line, e))
-            self.assertIn(reason, got[1], "%r: reason %r lacks %r"
-                          % (line, got[1], reason))
-            return
-        self.assertTrue(remote, "%r: expected local (%s), got remote"
-                        % (line, reason))
-        self.assertEqual((job.source, job.output), (source, output),
-                         "%r: input/output" % line)
+            job = e.job
+            got = (False, job and job.source, job and job.output, str(e))
+        want = (remote, source, output)
+        self.assertEqual(got[:3], want, "%r: expected %r, got %r"
+                         % (line, want, got))
+        if subject:
+            self.assertIn(subject, got[3], "%r: reason %r lacks %r"
+                          % (line, got[3], subject))
 
     def test_table(self):
+        self.assertGreater(len(SCAN_CASES), 100)
         for case in SCAN_CASES:
             with self.subTest(argv=case[0]):
                 self.check(*case)
@@ -994,6 +1115,39 @@ class TestRelay(EndToEnd):
         r = self.distcc(["gcc", "-c", "i.c"], env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertEqual(self.sshd.auth_count(), before)
+
+    def test_ssh_killed_falls_back_and_next_job_reconnects(self):
+        slow = "static const int t[] = {%s};\nint get(int i){return t[i];}\n" \
+            % ",".join(str(i * 7 % 13) for i in range(200000))
+        self.write("k/slow.c", slow)
+        self.write("k/fast.c", "int fast(void) { return 3; }\n")
+        r = self.distcc(["gcc", "-c", "k/fast.c", "-o", "k/fast.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (relay,) = self.relay_pids()
+        ssh = child_pids(relay)
+        self.assertEqual(len(ssh), 1, "the relay runs one ssh")
+        # Kill ssh while a job is in flight: that job compiles locally.
+        env = dict(self.env, DISTCC_FALLBACK="1")
+        p = subprocess.Popen(
+            [sys.executable, DISTCC_PY, "gcc", "-c", "k/slow.c", "-o",
+             "k/slow.o"], cwd=self.work, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while "send k/slow.c" not in self.trace():
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.01)
+        os.kill(ssh[0], signal.SIGKILL)
+        out, err = p.communicate(timeout=TIMEOUT)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn(b"compiling k/slow.c locally", err)
+        want = self.local(["gcc", "-c", "k/slow.c", "-o", "k/want.o"])
+        self.assertEqual(want.returncode, 0)
+        self.assertEqual(self.read("k/slow.o"), self.read("k/want.o"))
+        # The next job starts a new session (through the kept master).
+        r = self.distcc(["gcc", "-c", "k/fast.c", "-o", "k/fast.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.trace().count("connected to distcc-test"), 2)
+        self.assertEqual(self.relay_pids(), {relay})
 
     def test_state_dir_is_private(self):
         self.write("p.c", "int p;\n")
