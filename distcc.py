@@ -429,7 +429,6 @@ LOCAL_EXACT = {
     "-ftest-coverage": "-ftest-coverage writes .gcno files here",
     "--coverage": "--coverage writes .gcno files here",
     "-frepo": "-frepo reads and writes .rpo files here",
-    "-gsplit-dwarf": "-gsplit-dwarf writes a .dwo file that is not shipped",
     "-fstack-usage": "-fstack-usage writes a .su file that is not shipped",
     "-traditional-cpp": "-traditional-cpp is not supported remotely",
     "-wrapper": "-wrapper runs a program on the host",
@@ -560,6 +559,9 @@ def scan_args(argv):
     deps = False             # -MD or -MMD seen
     mf = None                # -MF value
     targets = False          # -MT or -MQ seen
+    wp_deps = False          # -Wp,-MD,FILE: gcc never tells cc1 the -o
+    debug = False            # any -g but -g0, last one wins
+    dwarf = None             # -gdwarf-N
     stdout_only = None       # -E, -M, -MM, -fsyntax-only: what it is
     cpp = []                 # arguments kept for preprocessing
     remote = []              # arguments kept for the host
@@ -604,7 +606,7 @@ def scan_args(argv):
             if len(wp) == 2 and wp[0] in ("-MD", "-MMD"):
                 # gcc hands "-MD FILE" straight to the preprocessor: FILE is
                 # the .d, and its target is derived as for -MD.
-                deps, mf = True, wp[1]
+                deps, mf, wp_deps = True, wp[1], family == "gcc"
                 cpp.append("-" + wp[0].lstrip("-"))
             elif all(w.startswith(("-D", "-U", "-I")) and len(w) > 2
                      for w in wp):
@@ -643,9 +645,10 @@ def scan_args(argv):
             cpp.append(arg)  # link-only: the host does not need it
             i += 1
             continue
-        if family == "clang" and arg.startswith("-g") and arg != "-g0":
-            reason = reason or "clang -g records file checksums the host " \
-                "cannot reproduce"
+        if arg.startswith("-g"):
+            if arg.startswith("-gdwarf-") and arg[8:].isdigit():
+                dwarf = int(arg[8:])
+            debug = arg != "-g0"
         cpp.append(arg)
         remote.append(arg)
         i += 1
@@ -667,6 +670,11 @@ def scan_args(argv):
     elif len(sources) == 1:
         job.output = replace_suffix(stem, ".o" if job.mode == "-c" else ".s")
 
+    if family == "clang" and debug and (dwarf or 5) >= 5:
+        # DWARF 5 line tables carry an MD5 of each source file; clang can
+        # only hash the text it compiles, which is not the original file.
+        reason = reason or "clang -g (DWARF 5) records source checksums " \
+            "the host cannot reproduce; -gdwarf-4 can be distributed"
     if reason:
         raise LocalOnly(reason, job)
     if not job.mode:
@@ -686,6 +694,11 @@ def scan_args(argv):
         raise LocalOnly("configure test programs are cheap and fragile", job)
     if output == "-":
         raise LocalOnly("output goes to standard output", job)
+    if "-gsplit-dwarf" in remote and os.path.isabs(job.output):
+        # gcc records the .dwo under the -o name as spelled, and prefix maps
+        # do not apply to it (gcc bug 91888): only a relative -o maps back.
+        raise LocalOnly("-gsplit-dwarf with an absolute -o records the "
+                        "host's path", job)
 
     if deps:
         # The local compile derives the .d name and its target from -o;
@@ -695,7 +708,8 @@ def scan_args(argv):
         if not targets:
             # gcc's default target is the -o name, quoted for make; without
             # -o it is the source's stem with .o, even for -S.
-            cpp.extend(["-MQ", output if output is not None
+            # With -Wp,-MD the preprocessor never hears of -o either.
+            cpp.extend(["-MQ", output if output is not None and not wp_deps
                         else replace_suffix(stem, ".o")])
         job.depfile = mf
     if mf is not None:
@@ -1143,16 +1157,31 @@ def compile_job(body):
             os.mkdir(os.path.join(root, ".pp"))
             input_path = os.path.join(root, ".pp", os.path.basename(source))
             maps.append("-ffile-prefix-map=%s=%s" % (input_path, source))
+            input_arg = input_path
         else:
+            # clang names the file as the command line spells it.
             input_path = source_path
+            input_arg = source if not source.startswith("/") else source_path
         with open(input_path, "wb") as f:
             f.write(source_text)
         del source_text
-        output_path = os.path.join(root, ".out")
+        # A relative -o is used as the client spelled it (gcc records it as
+        # the .dwo name of -gsplit-dwarf); an absolute one would name the
+        # temp dir, so it is replaced.
+        output = meta.get("output")
+        if isinstance(output, str) and output and not output.startswith("/"):
+            output_path = confined_path(root, cwd, output)
+            os.makedirs(os.path.dirname(output_path), exist_ok=True)
+            output_arg = output
+        else:
+            output_path = output_arg = os.path.join(root, ".out")
+        split_dwarf = "-gsplit-dwarf" in args
+        if split_dwarf and output_arg != output:
+            raise Rejected("-gsplit-dwarf needs a relative output name")
         argv = [compiler] + args + maps + [mode]
         if lang:
             argv += ["-x", lang]
-        argv += [input_path, "-o", output_path]
+        argv += [input_arg, "-o", output_arg]
         child_env = {k: v for k, v in os.environ.items()
                      if k not in FORWARDED_ENV}
         child_env.update(env)
@@ -1165,10 +1194,14 @@ def compile_job(body):
         outputs = []
         blobs_out = [proc.stdout, proc.stderr]
         if proc.returncode == 0:
-            with open(output_path, "rb") as f:
-                data = f.read()
-            outputs.append({"name": "output", "raw": len(data)})
-            blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
+            files = [("output", output_path)]
+            if split_dwarf:
+                files.insert(0, ("dwo", replace_suffix(output_path, ".dwo")))
+            for name, path in files:
+                with open(path, "rb") as f:
+                    data = f.read()
+                outputs.append({"name": name, "raw": len(data)})
+                blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
         result = {"status": proc.returncode, "outputs": outputs}
         return pack_body(result, blobs_out)
     finally:
@@ -1962,6 +1995,7 @@ def compile_remote(config, job, host):
         "mode": job.mode,
         "lang": job.explicit_lang,
         "source": job.source,
+        "output": job.output,
         "cwd": os.getcwd(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         "color": color_wanted(job),
@@ -1976,11 +2010,16 @@ def compile_remote(config, job, host):
             len(blobs) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
     if status == 0:
-        if len(outputs) != 1:
-            raise ProtocolError("RESULT has %d outputs, expected 1"
-                                % len(outputs))
-        data = decompress(blobs[2])
-        write_output(job.output, data)
+        # Side files first, the object last: make judges by the object.
+        paths = {"dwo": replace_suffix(job.output, ".dwo"),
+                 "output": job.output}
+        names = [o.get("name") if isinstance(o, dict) else None
+                 for o in outputs]
+        if "output" not in names or not set(names) <= set(paths) or \
+                len(set(names)) != len(names):
+            raise ProtocolError("RESULT has outputs %r" % (names,))
+        for name, blob in zip(names, blobs[2:]):
+            write_output(paths[name], decompress(blob))
     sys.stderr.buffer.write(cpp_err)
     sys.stderr.buffer.write(blobs[1])
     sys.stdout.buffer.write(blobs[0])

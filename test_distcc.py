@@ -561,6 +561,9 @@ SCAN_CASES = [
     ("clang++-14 -c a.cc -O2", True, "a.cc", "a.o", None),
     ("clang -c -g a.c", False, "a.c", "a.o", "clang -g"),
     ("clang -c -g0 a.c", True, "a.c", "a.o", None),
+    ("clang -c -g -gdwarf-4 a.c", True, "a.c", "a.o", None),
+    ("clang -c -gdwarf-4 -g -gdwarf-5 a.c", False, "a.c", "a.o", "DWARF 5"),
+    ("clang -c -g -g0 a.c", True, "a.c", "a.o", None),
     # not compiling to an object
     ("gcc a.c -o a", False, "a.c", "a", "links"),
     ("gcc a.c", False, "a.c", "a.out", "links"),
@@ -612,7 +615,9 @@ SCAN_CASES = [
     # side outputs that are not shipped back
     ("gcc -c -save-temps a.c", False, "a.c", "a.o", "-save-temps"),
     ("gcc -c -save-temps=obj a.c", False, "a.c", "a.o", "-save-temps"),
-    ("gcc -c -gsplit-dwarf a.c", False, "a.c", "a.o", "-gsplit-dwarf"),
+    ("gcc -c -g -gsplit-dwarf a.c", True, "a.c", "a.o", None),
+    ("gcc -c -g -gsplit-dwarf a.c -o /abs/a.o", False, "a.c", "/abs/a.o",
+     "-gsplit-dwarf"),
     ("gcc -c -fstack-usage a.c", False, "a.c", "a.o", "-fstack-usage"),
     ("gcc -c -fdump-tree-all a.c", False, "a.c", "a.o", "-fdump-"),
     ("gcc -c -fcallgraph-info a.c", False, "a.c", "a.o", "-fcallgraph-info"),
@@ -1195,6 +1200,53 @@ class TestWrapper(EndToEnd):
                 self.assertSameArtifacts(argv, ["obj/" + os.path.basename(
                     argv[-1])])
 
+    def test_fidelity_matrix(self):
+        """Every artifact of every flag set, byte for byte, C and C++, gcc
+        and (when installed) clang; each remote unless the scanner says
+        why not."""
+        flag_sets = [
+            ["-O2", "-g"],
+            ["-O0", "-g", "-Wall"],
+            ["-O2", "-g", "-gdwarf-4"],
+            ["-O2", "-MD"],
+            ["-O2", "-MMD", "-MF", "obj/dep.d"],
+            ["-O1", "-MD", "-MT", "custom-target", "-MP"],
+            ["-O2", "-Wp,-MD,obj/wp.d"],
+            ["-O2", "-Wp,-MMD,obj/wpm.d"],
+            # C++ at -O2 gets a random DWO id even locally; -O0 is stable.
+            ["-O0", "-g", "-gsplit-dwarf"],
+            ["-O2", "-DNAME=value", "-Isrc", "-include", "src/local.h"],
+        ]
+        compilers = [("gcc", "src/a.c"), ("g++", "src/b.cc")]
+        if shutil.which("clang") and shutil.which("clang++"):
+            compilers += [("clang", "src/a.c"), ("clang++", "src/b.cc")]
+        for cc, src in compilers:
+            for flags in flag_sets:
+                argv = [cc] + flags + ["-c", src, "-o", "obj/out.o"]
+                job = None
+                try:
+                    job = distcc.scan_args(argv)
+                except distcc.LocalOnly as e:
+                    reason = str(e)
+                artifacts = ["obj/out.o"]
+                for f in flags:
+                    if f.startswith(("-Wp,-MD,", "-Wp,-MMD,")):
+                        artifacts.append(f.split(",")[2])
+                if "-MF" in flags:
+                    artifacts.append(flags[flags.index("-MF") + 1])
+                elif "-MD" in flags or "-MMD" in flags:
+                    artifacts.append("obj/out.d")
+                if "-gsplit-dwarf" in flags:
+                    artifacts.append("obj/out.dwo")
+                with self.subTest(argv=" ".join(argv)):
+                    open(self.log, "w").close()
+                    if job is None:
+                        r = self.distcc(argv)
+                        self.assertEqual(r.returncode, 0, r.stderr)
+                        self.assertIn("local: " + reason, self.trace())
+                        continue
+                    self.assertSameArtifacts(argv, artifacts)
+
     def test_depfile_and_default_output_are_identical(self):
         self.assertSameArtifacts(
             ["gcc", "-O2", "-MD", "-c", "src/a.c", "-o", "obj/a.o"],
@@ -1384,8 +1436,9 @@ def main():
             sys.argv[1:], sys.modules[__name__])
     runner = unittest.TextTestRunner(verbosity=2, resultclass=CountingResult)
     result = runner.run(suite)
-    failed = len(result.failures) + len(result.errors) + \
-        len(result.unexpectedSuccesses)
+    failed_ids = {getattr(test, "test_case", test).id()
+                  for test, _ in result.failures + result.errors}
+    failed = len(failed_ids) + len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
     passed = result.testsRun - failed - skipped
     print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
