@@ -88,6 +88,11 @@ FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
 # ssh can encrypt the difference.
 COMPRESS_LEVEL = 1
 
+# A compile whose diagnostics quote project headers the host lacks is sent
+# again with those headers, up to these limits.
+MAX_EXTRA_FILES = 32
+MAX_EXTRA_BYTES = 8 * 1024 * 1024
+
 ENV_HOSTS = "DISTCC_HOSTS"
 ENV_DIR = "DISTCC_DIR"
 ENV_SSH = "DISTCC_SSH"
@@ -1118,8 +1123,10 @@ def compile_job(body):
     import subprocess
     import tempfile
     meta, blobs = unpack_body(body)
-    if len(blobs) != 2:
-        raise ProtocolError("a job carries 2 blobs, not %d" % len(blobs))
+    extra = meta.get("extra") or []
+    if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
+        raise ProtocolError("a job carries 2 blobs and its extra files, not "
+                            "%d blobs" % len(blobs))
     compiler = find_compiler(meta.get("compiler"))
     args = meta.get("args")
     check_server_args(args)
@@ -1147,6 +1154,12 @@ def compile_job(body):
         source_path = confined_path(root, cwd, source)
         os.makedirs(work, exist_ok=True)
         os.makedirs(os.path.dirname(source_path), exist_ok=True)
+        for name, blob in zip(extra, blobs[2:]):
+            # Headers the client sent so that diagnostics can quote them.
+            path = confined_path(root, cwd, name)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(decompress(blob))
         maps = ["-ffile-prefix-map=%s=" % root]
         if family == "gcc" and lang not in PREPROCESSED_LANGS:
             # gcc re-reads the source by name to quote lines in diagnostics,
@@ -1203,9 +1216,28 @@ def compile_job(body):
                 outputs.append({"name": name, "raw": len(data)})
                 blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
         result = {"status": proc.returncode, "outputs": outputs}
+        if family == "gcc" and proc.stderr:
+            result["missing"] = missing_sources(proc.stderr, work)
         return pack_body(result, blobs_out)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+DIAGNOSTIC_LOCATION = re.compile(
+    rb"^([^\s:][^:\n]*):[0-9]+:[0-9]+: ", re.MULTILINE)
+ANSI_ESCAPE = re.compile(rb"\x1b\[[0-9;]*[mK]")
+
+
+def missing_sources(stderr, work):
+    """Return the relative files that diagnostics in STDERR quote but that
+    are not in the job dir WORK (gcc then prints no source line)."""
+    names = set()
+    for m in DIAGNOSTIC_LOCATION.finditer(ANSI_ESCAPE.sub(b"", stderr)):
+        name = m.group(1).decode("utf-8", "surrogateescape")
+        if not name.startswith("/") and not name.startswith("<") and \
+                not os.path.exists(os.path.join(work, name)):
+            names.add(name)
+    return sorted(names)[:MAX_EXTRA_FILES]
 
 
 def server_main():
@@ -2004,6 +2036,16 @@ def compile_remote(config, job, host):
           % (job.source, host.hostname, raw, len(packed)))
     body = submit(config, host, pack_body(meta, [packed, original]))
     result, blobs = unpack_body(body)
+    extra = collect_extra_files(result.get("missing"))
+    if extra:
+        # gcc on the host quoted lines of headers it does not have; send
+        # them so the diagnostics come out as a local compile prints them.
+        trace("resend %s with %d headers for diagnostics"
+              % (job.source, len(extra)))
+        meta["extra"] = [name for name, _ in extra]
+        body = submit(config, host, pack_body(
+            meta, [packed, original] + [data for _, data in extra]))
+        result, blobs = unpack_body(body)
     status = result.get("status")
     outputs = result.get("outputs")
     if not isinstance(status, int) or not isinstance(outputs, list) or \
@@ -2025,6 +2067,29 @@ def compile_remote(config, job, host):
     sys.stdout.buffer.write(blobs[0])
     trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
     return status
+
+
+def collect_extra_files(names):
+    """Return [(name, compressed contents)] of the local files NAMES (a
+    server's 'missing' list), within the limits; [] if there are none."""
+    if not isinstance(names, list):
+        return []
+    extra = []
+    total = 0
+    for name in names[:MAX_EXTRA_FILES]:
+        if not isinstance(name, str) or name.startswith("/") or \
+                not os.path.isfile(name):
+            continue
+        try:
+            with open(name, "rb") as f:
+                data = f.read(MAX_EXTRA_BYTES + 1)
+        except OSError:
+            continue  # unreadable here too: the diagnostic stays as it is
+        total += len(data)
+        if total > MAX_EXTRA_BYTES:
+            break
+        extra.append((name, zlib.compress(data, COMPRESS_LEVEL)))
+    return extra
 
 
 def color_wanted(job):

@@ -1277,6 +1277,56 @@ class TestWrapper(EndToEnd):
         self.assertSameArtifacts(
             ["gcc", "-Wall", "-c", "src/w.c", "-o", "obj/w.o"], ["obj/w.o"])
 
+    def test_diagnostics_in_project_headers_match_local(self):
+        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
+                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/h.c", '#include "inc/warn.h"\nint h(void) '
+                   '{ return sign(1u, 2); }\n')
+        self.assertSameArtifacts(
+            ["gcc", "-Wall", "-Wextra", "-O2", "-c", "src/h.c", "-o",
+             "obj/h.o"], ["obj/h.o"])
+        self.assertIn("resend src/h.c with 1 headers", self.trace())
+
+    def test_locale_and_colour_match_local(self):
+        self.write("src/e.c", ERROR_SOURCE)
+        argv = ["gcc", "-Wall", "-c", "src/e.c", "-o", "obj/e.o"]
+        self.env["LC_ALL"] = "C.UTF-8"
+        local = self.local(argv)
+        remote = self.distcc(argv)
+        self.assertIn("\u2018".encode(), local.stderr)   # typographic quote
+        self.assertEqual(remote.stderr, local.stderr)
+        # A terminal on stderr gets colour from a local compile.
+        import pty
+        outputs = []
+        for cmd in (argv, [sys.executable, DISTCC_PY] + argv):
+            master, slave = pty.openpty()
+            try:
+                p = subprocess.Popen(cmd, cwd=self.work, env=self.env,
+                                     stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=slave)
+                os.close(slave)
+                chunks = []
+                deadline = time.monotonic() + TIMEOUT
+                while True:
+                    import select
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([master], [], [],
+                                                      left)[0]:
+                        self.fail("no EOF from the compiler's terminal")
+                    try:
+                        chunk = os.read(master, 65536)
+                    except OSError:          # EIO: the child closed it
+                        break
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                p.wait(timeout=TIMEOUT)
+            finally:
+                os.close(master)
+            outputs.append(b"".join(chunks))
+        self.assertIn(b"\x1b[", outputs[0])
+        self.assertEqual(outputs[1], outputs[0])
+
     def test_dead_host_falls_back_locally(self):
         env = dict(self.env, DISTCC_HOSTS=self.sshd.host("distcc-dead"),
                    DISTCC_FALLBACK="1")
