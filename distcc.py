@@ -54,6 +54,7 @@ Environment:
     DISTCC_FALLBACK       0 turns a failed remote compile into an error
     DISTCC_RELAY_TIMEOUT  seconds an idle relay lives (default 300)
     DISTCC_CONNECT_TIMEOUT seconds to wait for a host's banner (default 20)
+    DISTCC_BACKOFF_PERIOD seconds a host that failed is left alone (60)
 """
 
 import errno
@@ -101,10 +102,15 @@ ENV_LOG = "DISTCC_LOG"
 ENV_FALLBACK = "DISTCC_FALLBACK"
 ENV_RELAY_TIMEOUT = "DISTCC_RELAY_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "DISTCC_CONNECT_TIMEOUT"
+ENV_BACKOFF_PERIOD = "DISTCC_BACKOFF_PERIOD"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
-DEFAULT_HOST_LIMIT = 4
+DEFAULT_HOST_LIMIT = 4                # jobs per ssh host without /LIMIT
+DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
+DEFAULT_BACKOFF_PERIOD = 60.0
+RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
+                                     # for this long, for every wrapper
 DEFAULT_REMOTE_COMMAND = "distcc.py"
 CONTROL_PERSIST = "600"              # seconds a master outlives its relay
 SERVER_ALIVE_INTERVAL = "15"
@@ -842,26 +848,54 @@ def parse_host(token):
     return Host(spec, body, user=user, limit=limit, command=command)
 
 
+class HostList(list):
+    """The parsed host list and its --options."""
+
+    randomize = False          # --randomize: shuffle before choosing
+    cpp_slots = None           # --localslots_cpp=N: concurrent preprocessors
+
+
 def parse_hosts(text):
     """Parse a whole host list (whitespace, newlines, # comments).
 
     Raises UsageError naming the first bad token."""
-    hosts = []
+    hosts = HostList()
     for line in text.splitlines():
         line = line.split("#", 1)[0]
         for token in line.split():
-            if token.startswith("--"):
-                continue  # --randomize, --localslots=N: not used yet
-            hosts.append(parse_host(token))
+            if token == "--randomize":
+                hosts.randomize = True
+            elif token.startswith(("--localslots=", "--localslots_cpp=")):
+                name, _, value = token.partition("=")
+                if not value.isdigit() or int(value) < 1:
+                    raise UsageError("bad option %r: not a positive number"
+                                     % token, "write %s=4" % name)
+                if name == "--localslots_cpp":
+                    hosts.cpp_slots = int(value)
+            elif token.startswith("-"):
+                raise UsageError("unknown host list option %r" % token,
+                                 "use --randomize, --localslots=N or "
+                                 "--localslots_cpp=N")
+            else:
+                hosts.append(parse_host(token))
     return hosts
 
 
-def choose_host(hosts):
-    """Return the host for the next job, or None to compile locally."""
-    for host in hosts:
-        if not host.is_local:
-            return host
-    return None
+def slot_limit(host):
+    """How many of our jobs HOST may run at once."""
+    if host.limit:
+        return host.limit
+    return DEFAULT_LOCAL_LIMIT if host.is_local else DEFAULT_HOST_LIMIT
+
+
+def choose_host(free):
+    """Pick from FREE, a list of (host, free slots), the host with the most
+    free slots; list order breaks ties.  Returns None if none is free."""
+    best = None
+    for host, count in free:
+        if count > 0 and (best is None or count > best[1]):
+            best = (host, count)
+    return best[0] if best else None
 
 # ---------------------------------------------------------------------------
 # Transport
@@ -1489,18 +1523,30 @@ class Relay:
         self.lock = threading.Lock()         # guards active
         self.connect_lock = threading.Lock() # one ssh start at a time
         self.session = None            # the live Session, or None
+        self.connect_failure = None    # (monotonic time, message) or None
         self.active = 0                # wrappers being served now
         self.local_identities = {}     # (path, mtime) -> identity
 
     def get_session(self):
         """Return a live session, starting ssh if there is none."""
+        import time
         with self.connect_lock:
             if self.session is not None and self.session.failure is None:
                 return self.session
+            # Jobs queued behind a failed connect fail at once instead of
+            # each paying for another handshake with a dead host.
+            if self.connect_failure and time.monotonic() - \
+                    self.connect_failure[0] < RELAY_RECONNECT_DELAY:
+                raise TransportError(self.connect_failure[1])
             ssh = self.config.ssh_command
             argv = build_ssh_argv(ssh, self.host, self.config.dir)
             trace("connecting: %s" % " ".join(argv))
-            self.session = Session(argv, self.config.connect_timeout)
+            try:
+                self.session = Session(argv, self.config.connect_timeout)
+            except TransportError as e:
+                self.connect_failure = (time.monotonic(), e.detail)
+                raise
+            self.connect_failure = None
             trace("connected to %s (server %s)"
                   % (self.host.hostname, self.session.server_version))
             return self.session
@@ -1820,6 +1866,8 @@ class Config:
                                          DEFAULT_RELAY_TIMEOUT)
         self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
                                            DEFAULT_CONNECT_TIMEOUT)
+        self.backoff_period = env_seconds(environ, ENV_BACKOFF_PERIOD,
+                                          DEFAULT_BACKOFF_PERIOD)
 
     def hosts(self):
         """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
@@ -1991,10 +2039,10 @@ def explain(argv):
     return 0
 
 
-def compile_remote(config, job, host):
-    """Compile JOB on HOST; return the compiler's exit status.
+def prepare_job(job):
+    """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
 
-    Raises TransportError, ProtocolError or Rejected for the fallback."""
+    Raises LocalOnly when the local compile should tell the story."""
     compiler_path = find_program(job.compiler)
     if compiler_path is None:
         raise LocalOnly("compiler %s not found here" % job.compiler)
@@ -2031,9 +2079,20 @@ def compile_remote(config, job, host):
         "cwd": os.getcwd(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         "color": color_wanted(job),
+        "raw": raw,
     }
+    return meta, [packed, original], cpp_err
+
+
+def compile_remote(config, job, host, prepared):
+    """Compile the PREPARED job on HOST; return the compiler's exit status.
+
+    Raises TransportError, ProtocolError or Rejected for the fallback."""
+    meta, blobs_in, cpp_err = prepared
+    packed, original = blobs_in
+    raw = meta["raw"]
     trace("send %s to %s: %d bytes, %d compressed"
-          % (job.source, host.hostname, raw, len(packed)))
+          % (job.source, host.hostname, raw, len(packed) + len(original)))
     body = submit(config, host, pack_body(meta, [packed, original]))
     result, blobs = unpack_body(body)
     extra = collect_extra_files(result.get("missing"))
@@ -2108,23 +2167,237 @@ def color_wanted(job):
         return False
 
 
+class Slot:
+    """A held slot of a host: a flock on one of its slot files."""
+
+    def __init__(self, host, fd):
+        self.host = host            # the Host this slot belongs to
+        self.fd = fd                # open, locked slot file
+
+    def release(self):
+        """Give the slot back (closing the file drops the lock)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def try_slot(directory, name):
+    """Lock slot file NAME without waiting; return its fd or None."""
+    import fcntl
+    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+
+
+def acquire_slot(config, hosts, wait=True):
+    """Take a slot of the host in HOSTS with the most free slots.
+
+    Slots are lock files in $DISTCC_DIR/slots, so limits hold across every
+    wrapper of every build of this user.  Waits (polling, with growing
+    sleeps) while all are busy unless WAIT is false; returns None if HOSTS
+    is empty or nothing is free and WAIT is false."""
+    import time
+    if not hosts:
+        return None
+    directory = os.path.join(state_dir(config), "slots")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    delay = 0.002
+    while True:
+        held = []                   # (host, [fds]) of this round
+        try:
+            for host in hosts:
+                fds = []
+                for n in range(slot_limit(host)):
+                    fd = try_slot(directory, "%s.%d" % (host.key(), n))
+                    if fd is not None:
+                        fds.append(fd)
+                held.append((host, fds))
+            host = choose_host([(h, len(fds)) for h, fds in held])
+            if host is not None:
+                fds = dict((id(h), f) for h, f in held)[id(host)]
+                return Slot(host, fds.pop(0))
+        finally:
+            for _, fds in held:
+                for fd in fds:
+                    os.close(fd)
+        if not wait:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def backoff_path(config, host):
+    return os.path.join(config.dir, "backoff-" + host.key())
+
+
+def backed_off(config, host):
+    """Whether HOST is backed off now.  When its period is over, the first
+    wrapper to ask takes the probe and is told no; the others wait for the
+    probe's verdict."""
+    import time
+    path = backoff_path(config, host)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    now = time.time()
+    if now < st.st_mtime:
+        return True                 # mtime is the end of the period
+    probe = path + ".probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        return False                # this job probes the host
+    except FileExistsError:
+        try:
+            stale = now - os.stat(probe).st_mtime > 2 * config.connect_timeout
+        except FileNotFoundError:
+            return False            # the probe just ended
+        if stale:
+            os.unlink(probe)
+            return False
+        return True
+
+
+def mark_host_failed(config, host):
+    """Back HOST off for DISTCC_BACKOFF_PERIOD, for every wrapper."""
+    import time
+    path = backoff_path(config, host)
+    with open(path, "w") as f:
+        f.write("%s\n" % host.spec)
+    until = time.time() + config.backoff_period
+    os.utime(path, (until, until))
+    try:
+        os.unlink(path + ".probe")
+    except FileNotFoundError:
+        pass  # no probe was running
+
+
+def mark_host_good(config, host):
+    """Forget a backoff of HOST after a job succeeded there."""
+    for path in (backoff_path(config, host),
+                 backoff_path(config, host) + ".probe"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # the usual case: it was never backed off
+
+
+def run_local(argv):
+    """Run the local compiler as a child (a slot is held); return status."""
+    import subprocess
+    trace("local slot: %s" % " ".join(argv))
+    try:
+        return subprocess.call(argv)
+    except OSError as e:
+        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "is the compiler installed and on PATH?")
+
+
+def compile_distributed(config, job, hosts):
+    """Compile JOB on the best host of HOSTS (localhost slots compile
+    here); a host with a transport fault is backed off and the job tried
+    on the next.  Returns the compiler's status.
+
+    Raises the last fault when no host is left and DISTCC_FALLBACK=0, or
+    LocalOnly to compile here."""
+    if hosts.randomize:
+        import random
+        hosts = HostList(hosts)
+        random.shuffle(hosts)
+    candidates = [h for h in hosts
+                  if h.is_local or not backed_off(config, h)]
+    prepared = None
+    fault = None
+    while candidates:
+        slot = acquire_slot(config, candidates)
+        host = slot.host
+        try:
+            if host.is_local:
+                return run_local(job.argv)
+            if prepared is None:
+                prepared = prepare_with_cpp_slot(config, hosts, job)
+            trace("remote: %s on %s" % (job.source, host.spec))
+            status = compile_remote(config, job, host, prepared)
+            mark_host_good(config, host)
+            return status
+        except (TransportError, ProtocolError, Rejected) as e:
+            # Name the host in the message; a compile error never gets here.
+            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
+            if not isinstance(e, Rejected):
+                mark_host_failed(config, host)
+        finally:
+            slot.release()
+        candidates.remove(host)
+        if candidates and any(not h.is_local for h in candidates):
+            # A compiler mismatch is a standing fact, not news: trace it.
+            (trace if isinstance(fault, Rejected) else warn)(
+                "%s; trying another host" % fault)
+    if fault is None:
+        if not config.fallback:
+            raise TransportError("every host is backed off",
+                                 "wait DISTCC_BACKOFF_PERIOD seconds or "
+                                 "remove %s/backoff-*" % config.dir)
+        raise LocalOnly("every host is backed off")
+    if not config.fallback:
+        raise fault
+    warn("%s; compiling %s locally" % (fault, job.source))
+    raise LocalOnly("no host could compile it")
+
+
+def prepare_with_cpp_slot(config, hosts, job):
+    """Preprocess JOB while holding one of the local preprocessing slots."""
+    cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
+               os.cpu_count() or 2)
+    slot = acquire_slot(config, [cpp])
+    try:
+        return prepare_job(job)
+    finally:
+        slot.release()
+
+
+def show_hosts(config):
+    """Print the host list with limits and current state."""
+    import time
+    hosts = config.hosts()
+    if not hosts:
+        sys.stdout.write("no hosts: set DISTCC_HOSTS or write %s/hosts\n"
+                         % config.dir)
+    for host in hosts:
+        state = "compiles here" if host.is_local else "ok"
+        if not host.is_local:
+            try:
+                until = os.stat(backoff_path(config, host)).st_mtime
+            except FileNotFoundError:
+                until = None
+            if until is not None:
+                state = "backed off until %s" % time.strftime(
+                    "%H:%M:%S", time.localtime(until)) \
+                    if until > time.time() else "backoff over, next job probes"
+            sock, _ = relay_paths(config, host)
+            if os.path.exists(sock):
+                state += ", relay running"
+        sys.stdout.write("%-40s limit %-3d %s\n" % (host.spec,
+                                                    slot_limit(host), state))
+    return 0
+
+
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     try:
         job = scan_args(expand_response_files(argv))
-        host = choose_host(config.hosts())
-        if host is None:
+        hosts = config.hosts()
+        if not any(not h.is_local for h in hosts):
             raise LocalOnly("no remote hosts")
         check_job_files(job)
-        trace("remote: %s on %s" % (job.source, host.spec))
-        try:
-            return compile_remote(config, job, host)
-        except (TransportError, ProtocolError, Rejected) as e:
-            if not config.fallback:
-                raise
-            warn("%s: %s; compiling %s locally" % (host.hostname, e,
-                                                   job.source))
-            reason = "fallback"
+        return compile_distributed(config, job, hosts)
     except LocalOnly as why:
         reason = why.detail
     exec_local(argv, reason)
@@ -2141,6 +2414,8 @@ usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
        distcc.py --explain COMPILER ARGS...
                                       say (as JSON) whether it would be remote
        distcc.py -i                   serve jobs on stdin/stdout (build host)
+       distcc.py --show-hosts         list hosts, limits and state
+       distcc.py -j                   print the number of job slots
        distcc.py --stop               stop this user's relays
        distcc.py --version | --help
 
@@ -2173,6 +2448,13 @@ def main(argv=None):
                                  "the remote command is 'distcc.py -i'")
             return server_main()
         config = Config(os.environ)
+        if argv[0] == "--show-hosts":
+            return show_hosts(config)
+        if argv[0] == "-j":
+            hosts = config.hosts()
+            sys.stdout.write("%d\n" % max(1, sum(slot_limit(h)
+                                                  for h in hosts)))
+            return 0
         if argv[0] == "--stop":
             n = relay_stop(config)
             sys.stdout.write("stopped %d relay%s\n" % (n, "" if n == 1
