@@ -30,7 +30,7 @@ Frames (all integers big-endian):
 
     offset size field
     0      2    magic b"DP"
-    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY
+    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS
     3      1    flags (zero)
     4      4    job id (the relay numbers its jobs; wrappers send 0)
     8      4    body length, at most MAX_FRAME
@@ -40,8 +40,10 @@ A JOB or RESULT body is a 4-byte length, a JSON object and the blobs whose
 sizes the object lists.  An ERROR body is a JSON object with "kind"
 ("transport", "reject" or "protocol") and "message".
 
-The server speaks first: one banner line, "DISTCC.PY <protocol> <version>",
-which the client finds even after noise from the host's shell start-up files.
+The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
+cpus=<n>", which the client finds even after noise from the host's shell
+start-up files.  While jobs run, the server sends a PROGRESS frame every
+few seconds, so a silent host is a stalled host.
 
 Environment:
 
@@ -55,6 +57,8 @@ Environment:
     DISTCC_RELAY_TIMEOUT  seconds an idle relay lives (default 300)
     DISTCC_CONNECT_TIMEOUT seconds to wait for a host's banner (default 20)
     DISTCC_BACKOFF_PERIOD seconds a host that failed is left alone (60)
+    DISTCC_IO_TIMEOUT     seconds of silence from a busy host before its
+                          session counts as dead (default 60)
 """
 
 import errno
@@ -73,7 +77,7 @@ import zlib
 VERSION = "0.1.0"
 PROTOCOL = 1
 BANNER_PREFIX = b"DISTCC.PY "
-BANNER = BANNER_PREFIX + b"%d %s\n" % (PROTOCOL, VERSION.encode())
+BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
 
 HEADER = struct.Struct(">2sBBII")    # magic, type, flags, job id, length
@@ -81,9 +85,10 @@ MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
 META_LENGTH = struct.Struct(">I")
 
-JOB, RESULT, ERROR, QUERY, IDENTITY = 1, 2, 3, 4, 5
+JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS = 1, 2, 3, 4, 5, 6
 FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
-               QUERY: "QUERY", IDENTITY: "IDENTITY"}
+               QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS"}
+PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
 
 # Level 1: preprocessed C shrinks about 4.6x at ~160 MB/s, far faster than
 # ssh can encrypt the difference.
@@ -103,12 +108,14 @@ ENV_FALLBACK = "DISTCC_FALLBACK"
 ENV_RELAY_TIMEOUT = "DISTCC_RELAY_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "DISTCC_CONNECT_TIMEOUT"
 ENV_BACKOFF_PERIOD = "DISTCC_BACKOFF_PERIOD"
+ENV_IO_TIMEOUT = "DISTCC_IO_TIMEOUT"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
 DEFAULT_HOST_LIMIT = 4                # jobs per ssh host without /LIMIT
 DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
+DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
 RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
                                      # for this long, for every wrapper
 DEFAULT_REMOTE_COMMAND = "distcc.py"
@@ -881,11 +888,14 @@ def parse_hosts(text):
     return hosts
 
 
-def slot_limit(host):
-    """How many of our jobs HOST may run at once."""
+def slot_limit(host, reported=None):
+    """How many of our jobs HOST may run at once: its /LIMIT, else the CPU
+    count it REPORTED, else a default."""
     if host.limit:
         return host.limit
-    return DEFAULT_LOCAL_LIMIT if host.is_local else DEFAULT_HOST_LIMIT
+    if host.is_local:
+        return DEFAULT_LOCAL_LIMIT
+    return reported or DEFAULT_HOST_LIMIT
 
 
 def choose_host(free):
@@ -933,7 +943,8 @@ def build_ssh_argv(ssh_command, host, control_dir):
 
 
 def find_banner(f):
-    """Read past shell noise up to the server's banner line.
+    """Read past shell noise up to the server's banner line; return the
+    server's (version, CPU count or None).
 
     Raises ProtocolError showing what came instead, or TransportError on EOF
     (the caller knows why ssh ended)."""
@@ -944,9 +955,13 @@ def find_banner(f):
             raise TransportError("connection closed before the server's "
                                  "banner" + noise_note(seen))
         if line.startswith(BANNER_PREFIX):
-            fields = line.split()
-            if len(fields) >= 3 and fields[1] == str(PROTOCOL).encode():
-                return fields[2].decode("ascii", "replace")
+            fields = line.decode("ascii", "replace").split()
+            if len(fields) >= 3 and fields[1] == str(PROTOCOL):
+                cpus = None
+                for field in fields[3:]:
+                    if field.startswith("cpus=") and field[5:].isdigit():
+                        cpus = int(field[5:])
+                return fields[2], cpus
             raise ProtocolError("server speaks %r, we speak protocol %d"
                                 % (line.strip().decode("ascii", "replace"),
                                    PROTOCOL),
@@ -1086,6 +1101,8 @@ class Server:
         self.write_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(jobs)
         self.threads = []             # job threads, joined at EOF
+        self.running = 0              # jobs in flight (under write_lock)
+        threading.Thread(target=self.beat, daemon=True).start()
 
     def send(self, kind, job_id, parts):
         with self.write_lock:
@@ -1131,7 +1148,26 @@ class Server:
             answer = {"compiler": None, "error": str(e.detail)}
         self.send(IDENTITY, job_id, pack_body(answer))
 
+    def beat(self):
+        """Send a PROGRESS frame every few seconds while jobs run."""
+        import time
+        while True:
+            time.sleep(PROGRESS_INTERVAL)
+            with self.write_lock:
+                busy = self.running > 0
+            if busy:
+                self.send(PROGRESS, 0, [b""])
+
     def run_job(self, job_id, body):
+        with self.write_lock:
+            self.running += 1
+        try:
+            self.compile_and_answer(job_id, body)
+        finally:
+            with self.write_lock:
+                self.running -= 1
+
+    def compile_and_answer(self, job_id, body):
         with self.slots:
             try:
                 parts = compile_job(body)
@@ -1287,10 +1323,10 @@ def server_main():
     os.close(devnull)
     reader = os.fdopen(channel_in, "rb")
     writer = os.fdopen(channel_out, "wb")
-    writer.write(BANNER)
+    cpus = os.cpu_count() or 1
+    writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus)).encode())
     writer.flush()
-    jobs = max(2, os.cpu_count() or 2)
-    Server(reader, writer, jobs).serve()
+    Server(reader, writer, max(2, cpus)).serve()
     return 0
 
 # ---------------------------------------------------------------------------
@@ -1358,9 +1394,10 @@ class Pending:
 class Session:
     """One ssh process running the server, and the jobs in flight on it."""
 
-    def __init__(self, argv, connect_timeout):
+    def __init__(self, argv, connect_timeout, io_timeout):
         import subprocess
         import threading
+        import time
         self.argv = argv
         self.lock = threading.Lock()
         self.pending = {}             # job id -> Pending
@@ -1380,7 +1417,7 @@ class Session:
         timer = threading.Timer(connect_timeout, self.proc.kill)
         timer.start()
         try:
-            self.server_version = find_banner(self.proc.stdout)
+            self.server_version, self.cpus = find_banner(self.proc.stdout)
         except TransportError:
             self.proc.wait()
             raise TransportError(self.exit_message())
@@ -1389,7 +1426,23 @@ class Session:
             raise
         finally:
             timer.cancel()
+        self.last_heard = time.monotonic()
         threading.Thread(target=self.read_frames, daemon=True).start()
+        threading.Thread(target=self.watch, args=(io_timeout,),
+                         daemon=True).start()
+
+    def watch(self, io_timeout):
+        """Fail the session when a host with jobs in flight stays silent
+        for IO_TIMEOUT seconds (a stopped or wedged host)."""
+        import time
+        while self.failure is None:
+            time.sleep(min(1.0, io_timeout / 4))
+            with self.lock:
+                busy = bool(self.pending)
+            if busy and time.monotonic() - self.last_heard > io_timeout:
+                self.fail("no word from the host for %ds with jobs in flight"
+                          % io_timeout)
+                self.proc.kill()
 
     def read_stderr(self):
         for line in self.proc.stderr:
@@ -1416,12 +1469,16 @@ class Session:
         return what
 
     def read_frames(self):
+        import time
         try:
             while True:
                 frame = read_frame(self.proc.stdout)
                 if frame is None:
                     break
                 kind, job_id, body = frame
+                self.last_heard = time.monotonic()
+                if kind == PROGRESS:
+                    continue
                 with self.lock:
                     pending = self.pending.pop(job_id, None)
                 if pending is None:
@@ -1542,11 +1599,15 @@ class Relay:
             argv = build_ssh_argv(ssh, self.host, self.config.dir)
             trace("connecting: %s" % " ".join(argv))
             try:
-                self.session = Session(argv, self.config.connect_timeout)
+                self.session = Session(argv, self.config.connect_timeout,
+                                       self.config.io_timeout)
             except TransportError as e:
                 self.connect_failure = (time.monotonic(), e.detail)
                 raise
             self.connect_failure = None
+            write_host_note(self.config, self.host, "cpus",
+                            "%s\n" % (self.session.cpus or ""))
+            write_host_note(self.config, self.host, "mismatch", "")
             trace("connected to %s (server %s)"
                   % (self.host.hostname, self.session.server_version))
             return self.session
@@ -1587,6 +1648,12 @@ class Relay:
                 theirs = session.identity(meta.get("compiler"))
                 ours = self.local_identity(meta.get("compiler_path"))
                 if theirs != ours:
+                    write_host_note(self.config, self.host, "mismatch",
+                                    "%s: %s there, %s here\n" % (
+                                        meta.get("compiler"),
+                                        theirs.replace("\n", ", "),
+                                        ours.replace("\n", ", ")),
+                                    append=True)
                     raise Rejected(
                         "%s on %s differs from the local one (%s there, %s "
                         "here)" % (meta.get("compiler"), self.host.hostname,
@@ -1663,6 +1730,27 @@ class Relay:
             time.sleep(0.05)
         if self.session is not None:
             self.session.close()
+
+
+def write_host_note(config, host, kind, text, append=False):
+    """Record what the relay learned of HOST (its CPU count, compiler
+    mismatches) for wrappers and --show-hosts."""
+    path = os.path.join(config.dir, "%s-%s" % (kind, host.key()))
+    try:
+        with open(path, "a" if append else "w") as f:
+            f.write(text)
+    except OSError as e:
+        warn("cannot write %s: %s" % (path, e.strerror))
+
+
+def read_host_note(config, host, kind):
+    """Return what write_host_note recorded, or ""."""
+    try:
+        with open(os.path.join(config.dir, "%s-%s" % (kind, host.key()))) \
+                as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def bind_listener(sock_path):
@@ -1868,6 +1956,8 @@ class Config:
                                            DEFAULT_CONNECT_TIMEOUT)
         self.backoff_period = env_seconds(environ, ENV_BACKOFF_PERIOD,
                                           DEFAULT_BACKOFF_PERIOD)
+        self.io_timeout = env_seconds(environ, ENV_IO_TIMEOUT,
+                                      DEFAULT_IO_TIMEOUT)
 
     def hosts(self):
         """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
@@ -2214,7 +2304,7 @@ def acquire_slot(config, hosts, wait=True):
         try:
             for host in hosts:
                 fds = []
-                for n in range(slot_limit(host)):
+                for n in range(host_slots(config, host)):
                     fd = try_slot(directory, "%s.%d" % (host.key(), n))
                     if fd is not None:
                         fds.append(fd)
@@ -2231,6 +2321,14 @@ def acquire_slot(config, hosts, wait=True):
             return None
         time.sleep(delay)
         delay = min(delay * 1.5, 0.05)
+
+
+def host_slots(config, host):
+    """slot_limit of HOST, with the CPU count its relay recorded."""
+    if host.limit or host.is_local:
+        return slot_limit(host)
+    text = read_host_note(config, host, "cpus").strip()
+    return slot_limit(host, int(text) if text.isdigit() else None)
 
 
 def backoff_path(config, host):
@@ -2384,8 +2482,10 @@ def show_hosts(config):
             sock, _ = relay_paths(config, host)
             if os.path.exists(sock):
                 state += ", relay running"
-        sys.stdout.write("%-40s limit %-3d %s\n" % (host.spec,
-                                                    slot_limit(host), state))
+            for line in read_host_note(config, host, "mismatch").splitlines():
+                state += "; compiler differs: " + line
+        sys.stdout.write("%-40s limit %-3d %s\n" % (
+            host.spec, host_slots(config, host), state))
     return 0
 
 
@@ -2452,7 +2552,7 @@ def main(argv=None):
             return show_hosts(config)
         if argv[0] == "-j":
             hosts = config.hosts()
-            sys.stdout.write("%d\n" % max(1, sum(slot_limit(h)
+            sys.stdout.write("%d\n" % max(1, sum(host_slots(config, h)
                                                   for h in hosts)))
             return 0
         if argv[0] == "--stop":

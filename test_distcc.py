@@ -108,6 +108,19 @@ def child_pids(pid):
     return found
 
 
+def all_pids():
+    return [int(n) for n in os.listdir("/proc") if n.isdigit()]
+
+
+def cmdline(pid):
+    """Return PID's argv (empty if it is gone)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
 def become_subreaper():
     """Adopt orphans (relays, ssh masters) so the tests can reap them."""
     if not sys.platform.startswith("linux"):
@@ -812,8 +825,10 @@ class TestSshArgv(unittest.TestCase):
         self.assertNotIn("-l", argv)
 
     def test_banner_after_noise(self):
-        f = io.BufferedReader(io.BytesIO(b"Welcome!\nmotd\n" + distcc.BANNER))
-        self.assertEqual(distcc.find_banner(f), distcc.VERSION)
+        banner = (distcc.BANNER_FORMAT % (distcc.PROTOCOL, distcc.VERSION,
+                                          12)).encode()
+        f = io.BufferedReader(io.BytesIO(b"Welcome!\nmotd\n" + banner))
+        self.assertEqual(distcc.find_banner(f), (distcc.VERSION, 12))
 
     def test_banner_errors(self):
         cases = [
@@ -1185,6 +1200,32 @@ class TestRelay(EndToEnd):
         self.assertEqual(self.trace().count("connected to distcc-test"), 2)
         self.assertEqual(self.relay_pids(), {relay})
 
+    def test_stalled_host_times_out_and_job_compiles_locally(self):
+        slow = "static const int t[] = {%s};\nint get(int i){return t[i];}\n" \
+            % ",".join(str(i * 7 % 13) for i in range(150000))
+        self.write("st/slow.c", slow)
+        self.env.update(DISTCC_IO_TIMEOUT="2", DISTCC_FALLBACK="1")
+        r = self.distcc(["gcc", "-c", "st/slow.c", "-o", "st/warm.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        servers = [pid for pid in all_pids()
+                   if cmdline(pid)[-2:] == [DISTCC_PY, "-i"]]
+        self.assertEqual(len(servers), 1, "one server process")
+        p = subprocess.Popen(
+            [sys.executable, DISTCC_PY, "gcc", "-c", "st/slow.c", "-o",
+             "st/slow.o"], cwd=self.work, env=self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.kill(servers[0], signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            out, err = p.communicate(timeout=60)
+            waited = time.monotonic() - started
+        finally:
+            os.kill(servers[0], signal.SIGCONT)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn(b"no word from the host for 2s", err)
+        self.assertLess(waited, 30)
+        self.assertEqual(self.read("st/slow.o"), self.read("st/warm.o"))
+
     def test_state_dir_is_private(self):
         self.write("p.c", "int p;\n")
         r = self.distcc(["gcc", "-c", "p.c"])
@@ -1499,6 +1540,12 @@ exit $rc
         self.assertFalse(os.path.exists(log), "the clang host got a job")
         self.assertIn("differs from the local one", self.trace())
         self.assertEqual(self.trace().count("compiled on distcc-test"), 4)
+        r = self.distcc(["--show-hosts"], env=env)
+        lines = r.stdout.decode().splitlines()
+        self.assertIn("compiler differs: gcc: ", lines[0])
+        self.assertIn("clang version", lines[0])
+        # Without /LIMIT, a host's limit is the CPU count it reported.
+        self.assertIn("limit %-3d ok" % os.cpu_count(), lines[1])
 
     def test_localhost_slots_compile_here(self):
         env = dict(self.env, DISTCC_HOSTS="localhost/2 @distcc-test/2:%s"
