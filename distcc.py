@@ -133,7 +133,6 @@ FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
 
 EXIT_DISTCC_FAILED = 100             # remote compile failed, fallback off
 EXIT_BAD_ARGUMENTS = 101             # usage or configuration error
-EXIT_COMPILER_MISSING = 127
 
 # ---------------------------------------------------------------------------
 # Errors & logging
@@ -498,10 +497,6 @@ class Job:
         self.cpp_args = []         # arguments for the local preprocessing
         self.remote_args = []      # code-generation arguments for the host
         self.depfile = None        # .d path the preprocessing writes
-
-    def to_dict(self):
-        """Return the fields as a dict (for --explain and tests)."""
-        return dict(self.__dict__)
 
 
 def compiler_family(compiler):
@@ -1584,6 +1579,7 @@ class Relay:
         self.connect_lock = threading.Lock() # one ssh start at a time
         self.session = None            # the live Session, or None
         self.connect_failure = None    # (monotonic time, message) or None
+        self.mismatches = set()        # (session, compiler) already noted
         self.active = 0                # wrappers being served now
         self.local_identities = {}     # (path, mtime) -> identity
 
@@ -1624,6 +1620,17 @@ class Relay:
             self.local_identities[key] = compiler_identity(path)
         return self.local_identities[key]
 
+    def note_mismatch(self, compiler, theirs, ours):
+        """Record a compiler mismatch once per session for --show-hosts."""
+        with self.lock:
+            if (self.session, compiler) in self.mismatches:
+                return
+            self.mismatches.add((self.session, compiler))
+        write_host_note(self.config, self.host, "mismatch",
+                        "%s: %s there, %s here\n" % (
+                            compiler, theirs.replace("\n", ", "),
+                            ours.replace("\n", ", ")), append=True)
+
     def serve_wrapper(self, conn):
         """Forward one wrapper's job and its answer."""
         try:
@@ -1651,12 +1658,7 @@ class Relay:
                 theirs = session.identity(meta.get("compiler"))
                 ours = self.local_identity(meta.get("compiler_path"))
                 if theirs != ours:
-                    write_host_note(self.config, self.host, "mismatch",
-                                    "%s: %s there, %s here\n" % (
-                                        meta.get("compiler"),
-                                        theirs.replace("\n", ", "),
-                                        ours.replace("\n", ", ")),
-                                    append=True)
+                    self.note_mismatch(meta.get("compiler"), theirs, ours)
                     raise Rejected(
                         "%s on %s differs from the local one (%s there, %s "
                         "here)" % (meta.get("compiler"), self.host.hostname,
@@ -1830,6 +1832,10 @@ def run_relay_child(config, host, listener, lock_fd, sock_path):
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, b"%d\n" % os.getpid())
     relay = Relay(host, config, listener)
+    import signal
+    # SIGTERM (distcc.py --stop) ends the accept loop through the finally
+    # below, which removes the socket and closes ssh.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     trace("relay for %s listening on %s" % (host.spec, sock_path))
     try:
         relay.serve()
