@@ -2295,41 +2295,58 @@ def try_slot(directory, name):
         raise
 
 
-def acquire_slot(config, hosts, wait=True):
-    """Take a slot of the host in HOSTS with the most free slots.
+def acquire_slot(config, hosts, queue_name="queue"):
+    """Take a slot of the host in HOSTS with the most free slots; None if
+    HOSTS is empty.  QUEUE_NAME names the queue of this pool of slots (a
+    wrapper holding a host slot may queue for a preprocessing slot, so the
+    two pools never share a queue).
 
     Slots are lock files in $DISTCC_DIR/slots, so limits hold across every
-    wrapper of every build of this user.  Waits (polling, with growing
-    sleeps) while all are busy unless WAIT is false; returns None if HOSTS
-    is empty or nothing is free and WAIT is false."""
+    wrapper of every build of this user.  Wrappers take slots in turn: each
+    holds the queue lock while it looks, so when all slots are busy one
+    wrapper polls (with growing sleeps) and the rest sleep in flock()."""
+    import fcntl
     import time
     if not hosts:
         return None
     directory = os.path.join(state_dir(config), "slots")
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    delay = 0.002
-    while True:
-        held = []                   # (host, [fds]) of this round
-        try:
-            for host in hosts:
-                fds = []
-                for n in range(host_slots(config, host)):
-                    fd = try_slot(directory, "%s.%d" % (host.key(), n))
-                    if fd is not None:
-                        fds.append(fd)
-                held.append((host, fds))
-            host = choose_host([(h, len(fds)) for h, fds in held])
-            if host is not None:
-                fds = dict((id(h), f) for h, f in held)[id(host)]
+    queue = os.open(os.path.join(directory, queue_name),
+                    os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        delay = 0.002
+        while True:
+            slot = take_free_slot(config, directory, hosts)
+            if slot is not None:
+                return slot
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    finally:
+        os.close(queue)
+
+
+def take_free_slot(config, directory, hosts):
+    """One look at every slot of HOSTS; return a Slot of the host with the
+    most free slots, or None."""
+    held = []                       # (host, [fds]) of this look
+    try:
+        for host in hosts:
+            fds = []
+            for n in range(host_slots(config, host)):
+                fd = try_slot(directory, "%s.%d" % (host.key(), n))
+                if fd is not None:
+                    fds.append(fd)
+            held.append((host, fds))
+        chosen = choose_host([(h, len(fds)) for h, fds in held])
+        for host, fds in held:
+            if host is chosen:
                 return Slot(host, fds.pop(0))
-        finally:
-            for _, fds in held:
-                for fd in fds:
-                    os.close(fd)
-        if not wait:
-            return None
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+        return None
+    finally:
+        for _, fds in held:
+            for fd in fds:
+                os.close(fd)
 
 
 def host_slots(config, host):
@@ -2463,7 +2480,7 @@ def prepare_with_cpp_slot(config, hosts, job):
     """Preprocess JOB while holding one of the local preprocessing slots."""
     cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
                os.cpu_count() or 2)
-    slot = acquire_slot(config, [cpp])
+    slot = acquire_slot(config, [cpp], "queue-cpp")
     try:
         return prepare_job(job)
     finally:
