@@ -189,6 +189,10 @@ class ProtocolError(DistccError):
     what = "protocol"
 
 
+class RelayLost(TransportError):
+    """The local relay died or vanished; the host itself may be fine."""
+
+
 class Rejected(DistccError):
     """The host refused the job (say, a compiler it does not have)."""
 
@@ -1272,6 +1276,13 @@ def compile_job(body):
         proc = subprocess.run(argv, cwd=work, env=child_env,
                               stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if proc.returncode < 0:
+            raise OSError(errno.EINTR, describe_exit(proc.returncode,
+                                                     os.path.basename(
+                                                         compiler)))
+        if proc.returncode != 0 and b"No space left on device" in proc.stderr:
+            raise OSError(errno.ENOSPC, "no space left in %s"
+                          % os.path.dirname(root))
         outputs = []
         blobs_out = [proc.stdout, proc.stderr]
         if proc.returncode == 0:
@@ -1900,13 +1911,12 @@ def submit(config, host, parts):
         s.shutdown(1)
         with s.makefile("rb") as f:
             frame = read_frame(f)
-    except OSError as e:
-        raise TransportError("relay connection failed: %s" % e)
+    except (OSError, ProtocolError) as e:
+        raise RelayLost("relay connection failed: %s" % e)
     finally:
         s.close()
     if frame is None:
-        raise TransportError("the relay closed the connection without an "
-                             "answer")
+        raise RelayLost("the relay closed the connection without an answer")
     kind, _, body = frame
     if kind == ERROR:
         raise_error_body(body)
@@ -2440,6 +2450,7 @@ def compile_distributed(config, job, hosts):
                   if h.is_local or not backed_off(config, h)]
     prepared = None
     fault = None
+    relay_restarts = 0
     while candidates:
         slot = acquire_slot(config, candidates)
         host = slot.host
@@ -2452,6 +2463,14 @@ def compile_distributed(config, job, hosts):
             status = compile_remote(config, job, host, prepared)
             mark_host_good(config, host)
             return status
+        except RelayLost as e:
+            # Our own relay died (killed, or exiting as we connected): the
+            # host is not to blame, and the next wrapper starts a new relay.
+            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
+            relay_restarts += 1
+            if relay_restarts <= 2:
+                trace("%s; trying %s again" % (fault, host.spec))
+                continue
         except (TransportError, ProtocolError, Rejected) as e:
             # Name the host in the message; a compile error never gets here.
             fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)

@@ -170,8 +170,17 @@ class SshServer:
                      os.path.join(d, name)])
             if r.returncode:
                 raise RuntimeError("ssh-keygen failed: %s" % r.stderr)
-        shutil.copy(os.path.join(d, "client_key.pub"),
-                    os.path.join(d, "authorized_keys"))
+        r = run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                 os.path.join(d, "restricted_key")])
+        if r.returncode:
+            raise RuntimeError("ssh-keygen failed: %s" % r.stderr)
+        with open(os.path.join(d, "authorized_keys"), "w") as out:
+            with open(os.path.join(d, "client_key.pub")) as f:
+                out.write(f.read())
+            with open(os.path.join(d, "restricted_key.pub")) as f:
+                # What a build host's admin writes for a compile-only key.
+                out.write('command="%s %s -i",restrict %s' % (
+                    sys.executable, DISTCC_PY, f.read()))
         with open(os.path.join(d, "sshd_config"), "w") as f:
             f.write("""\
 Port {port}
@@ -197,14 +206,16 @@ PrintMotd no
         import pwd
         user = pwd.getpwuid(os.getuid()).pw_name
         with open(self.config, "w") as f:
-            for name, port in (("distcc-test", self.port),
-                               ("distcc-dead", self.dead_port)):
+            for name, port, key in (
+                    ("distcc-test", self.port, "client_key"),
+                    ("distcc-restricted", self.port, "restricted_key"),
+                    ("distcc-dead", self.dead_port, "client_key")):
                 f.write("""\
 Host {name}
   HostName 127.0.0.1
   Port {port}
   User {user}
-  IdentityFile {d}/client_key
+  IdentityFile {d}/{key}
   IdentitiesOnly yes
   UserKnownHostsFile {d}/known_hosts
   GlobalKnownHostsFile /dev/null
@@ -212,7 +223,7 @@ Host {name}
   PasswordAuthentication no
   ConnectTimeout 5
   LogLevel ERROR
-""".format(name=name, port=port, user=user, d=d))
+""".format(name=name, port=port, user=user, d=d, key=key))
         self.proc = subprocess.Popen(
             [sshd, "-D", "-f", os.path.join(d, "sshd_config"), "-E",
              self.log], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -478,6 +489,30 @@ class TestFraming(unittest.TestCase):
             with self.assertRaises(distcc.ProtocolError):
                 distcc.decompress(bad, limit)
 
+    FUZZ_ROUNDS = int(os.environ.get("DISTCC_TEST_FUZZ_ROUNDS", "3000"))
+
+    def test_fuzz_frames_fail_only_as_protocol_errors(self):
+        """Random and mutated frames: a frame, a clean EOF or a
+        ProtocolError, never another exception (fixed seed)."""
+        import random
+        rng = random.Random(20261127)
+        for i in range(self.FUZZ_ROUNDS):
+            data = fuzz_input(rng)
+            try:
+                frame = distcc.read_frame(io.BytesIO(data))
+                if frame is not None:
+                    kind, _, body = frame
+                    if kind == distcc.ERROR:
+                        distcc.raise_error_body(body)
+                    meta, blobs = distcc.unpack_body(body)
+                    for blob in blobs:
+                        distcc.decompress(blob, 1 << 20)
+                    distcc.check_server_args(meta.get("args"))
+            except distcc.DistccError:
+                pass
+            except Exception as e:      # noqa: BLE001  that is the bug
+                self.fail("input %d %r: %r" % (i, data[:80], e))
+
     def test_error_body(self):
         for kind, cls in (("transport", distcc.TransportError),
                           ("reject", distcc.Rejected),
@@ -485,6 +520,32 @@ class TestFraming(unittest.TestCase):
             with self.assertRaises(cls) as cm:
                 distcc.raise_error_body(distcc.error_body(kind, "why"))
             self.assertIn("why", str(cm.exception))
+
+def fuzz_input(rng):
+    """One random or mutated frame for the fuzz tests."""
+    parts = distcc.pack_body(
+        {"compiler": "gcc", "family": "gcc", "args": ["-O2"], "mode": "-c",
+         "lang": None, "source": "a.c", "cwd": "/w", "env": {}},
+        [zlib.compress(b"int x;\n"), zlib.compress(b"")])
+    good = distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
+                              sum(map(len, parts))) + b"".join(parts)
+    choice = rng.randrange(5)
+    if choice == 0:
+        return bytes(rng.getrandbits(8) for _ in range(rng.randrange(64)))
+    data = bytearray(good)
+    if choice == 1:                       # flip bits
+        for _ in range(rng.randrange(1, 8)):
+            data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
+    elif choice == 2:                     # truncate
+        del data[rng.randrange(len(data)):]
+    elif choice == 3:                     # lie about a length
+        pos = rng.choice([8, 12])
+        data[pos:pos + 4] = struct.pack(">I", rng.getrandbits(32))
+    else:                                 # splice garbage into the JSON
+        pos = rng.randrange(16, 40)
+        data[pos:pos] = bytes(rng.getrandbits(8)
+                              for _ in range(rng.randrange(1, 6)))
+    return bytes(data)
 
 # ---------------------------------------------------------------------------
 # Argument scanning
@@ -984,6 +1045,21 @@ class TestServer(unittest.TestCase):
         self.assertNotIn(b"Traceback", err)
         self.server = ServerProcess()   # tearDown closes this one
 
+    def test_fuzzed_input_never_crashes_the_server(self):
+        import random
+        rng = random.Random(7)
+        rounds = int(os.environ.get("DISTCC_TEST_FUZZ_SERVERS", "25"))
+        for i in range(rounds):
+            data = fuzz_input(rng)
+            r = run([sys.executable, DISTCC_PY, "-i"], input=data,
+                    stdin=None, timeout=60)
+            self.assertEqual(r.returncode, 0, (i, data[:80], r.stderr))
+            self.assertNotIn(b"Traceback", r.stderr, (i, data[:80]))
+            out = io.BufferedReader(io.BytesIO(r.stdout))
+            distcc.find_banner(out)
+            while distcc.read_frame(out) is not None:
+                pass                      # every answer is a whole frame
+
     def test_temp_dirs_are_removed(self):
         before = set(os.listdir(tempfile.gettempdir()))
         self.server.send(distcc.JOB, 1, job_parts(b"int v;\n"))
@@ -1035,7 +1111,7 @@ class EndToEnd(unittest.TestCase):
     def stop_ssh_masters(self):
         if not os.path.isdir(self.distcc_dir):
             return
-        for name in ("distcc-test", "distcc-dead"):
+        for name in ("distcc-test", "distcc-dead", "distcc-restricted"):
             r = run(["ssh", "-F", self.sshd.config, "-o",
                      "ControlPath=%s/cm-%%C" % self.distcc_dir, "-O", "check",
                      name], timeout=10)
@@ -1556,6 +1632,272 @@ exit $rc
         self.assertEqual(local + remote, 8)
         self.assertGreater(local, 0)
         self.assertGreater(remote, 0)
+
+
+class TestFaults(EndToEnd):
+    """Faults injected for real; the build completes and nothing is lost."""
+
+    SLOW = TestManyHosts.SLOW
+
+    def setUp(self):
+        EndToEnd.setUp(self)
+        self.env.update(DISTCC_FALLBACK="1", DISTCC_BACKOFF_PERIOD="0.5")
+
+    def host_script(self, name, body):
+        """A remote command: BODY (sh) then exec the server."""
+        script = self.write(name + ".sh", "#!/bin/sh\n%s\nexec %s %s -i\n"
+                            % (body, sys.executable, DISTCC_PY))
+        os.chmod(script, 0o755)
+        return "@distcc-test:%s" % script
+
+    def compile_while(self, name, action, env=None, trigger="send "):
+        """Compile f/NAME.c in the background, run ACTION once the trace
+        shows TRIGGER, and return (process result, stderr)."""
+        self.write("f/%s.c" % name, self.SLOW % 0)
+        p = subprocess.Popen(
+            [sys.executable, DISTCC_PY, "gcc", "-O1", "-c", "f/%s.c" % name,
+             "-o", "f/%s.o" % name], cwd=self.work, env=env or self.env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while trigger + "f/%s.c" % name not in self.trace():
+            if time.monotonic() > deadline or p.poll() is not None:
+                break
+            time.sleep(0.005)
+        action()
+        out, err = p.communicate(timeout=TIMEOUT)
+        return p.returncode, err
+
+    def assertObjectGood(self, name):
+        want = run(["gcc", "-O1", "-c", "f/%s.c" % name, "-o", "f/want.o"],
+                   cwd=self.work)
+        self.assertEqual(want.returncode, 0)
+        self.assertEqual(self.read("f/%s.o" % name), self.read("f/want.o"))
+        leftovers = [n for n in os.listdir(os.path.join(self.work, "f"))
+                     if n.endswith(".tmp")]
+        self.assertEqual(leftovers, [])
+
+    def test_relay_killed_mid_job(self):
+        self.write("f/warm.c", "int w;\n")
+        self.assertEqual(self.distcc(["gcc", "-c", "f/warm.c", "-o",
+                                      "f/warm.o"]).returncode, 0)
+        (relay,) = self.relay_pids()
+        status, err = self.compile_while(
+            "r", lambda: os.kill(relay, signal.SIGKILL))
+        self.assertEqual(status, 0, err)
+        self.assertObjectGood("r")
+        # A new relay took over the stale socket and lock, and compiled it.
+        self.assertFalse(process_alive(relay))
+        (new,) = self.relay_pids()
+        self.assertNotEqual(new, relay)
+        self.assertIn("compiled on distcc-test", self.trace())
+        self.assertNotIn(b"Traceback", err)
+
+    def test_compiler_killed_on_host(self):
+        bindir = os.path.join(self.work, "killbin")
+        self.write("killbin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
+                   "exec /usr/bin/gcc \"$@\";; esac\nkill -9 $$\n")
+        os.chmod(os.path.join(bindir, "gcc"), 0o755)
+        self.env["DISTCC_HOSTS"] = self.host_script(
+            "kill", "PATH=%s:$PATH; export PATH" % bindir)
+        self.write("f/k.c", self.SLOW % 0)
+        r = self.distcc(["gcc", "-O1", "-c", "f/k.c", "-o", "f/k.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr.decode(), r"gcc was killed by SIGKILL.*"
+                         r"compiling f/k.c locally")
+        self.assertObjectGood("k")
+
+    def test_host_out_of_temp_space(self):
+        if os.getuid() != 0:
+            self.skipTest("mounting a small tmpfs needs root")
+        small = os.path.join(self.work, "small")
+        os.mkdir(small)
+        r = run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", small])
+        if r.returncode:
+            self.skipTest("cannot mount a tmpfs: %s" % r.stderr)
+        try:
+            self.env["DISTCC_HOSTS"] = self.host_script(
+                "full", "TMPDIR=%s; export TMPDIR" % small)
+            self.write("f/d.c", self.SLOW % 0)
+            r = self.distcc(["gcc", "-O1", "-c", "f/d.c", "-o", "f/d.o"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertRegex(r.stderr.decode(), r"(No space left|no space "
+                             r"left).*compiling f/d.c locally")
+            self.assertObjectGood("d")
+            self.assertEqual(os.listdir(small), [])
+        finally:
+            run(["umount", small])
+
+    def test_session_cut_while_object_streams_back(self):
+        self.write("f/warm.c", "int w;\n")
+        self.assertEqual(self.distcc(["gcc", "-c", "f/warm.c", "-o",
+                                      "f/warm.o"]).returncode, 0)
+        (relay,) = self.relay_pids()
+
+        def cut():
+            for pid in child_pids(relay):
+                os.kill(pid, signal.SIGKILL)
+        status, err = self.compile_while("c", cut)
+        self.assertEqual(status, 0, err)
+        self.assertObjectGood("c")
+
+    def test_garbage_into_the_relay_socket(self):
+        self.write("f/warm.c", "int w;\n")
+        self.assertEqual(self.distcc(["gcc", "-c", "f/warm.c", "-o",
+                                      "f/warm.o"]).returncode, 0)
+        (sock,) = [os.path.join(self.distcc_dir, n)
+                   for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
+        cases = [
+            (b"GET / HTTP/1.0\r\n\r\n", "magic"),
+            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0,
+                                distcc.MAX_FRAME + 1), "over the"),
+            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 100) + b"x",
+             "expected 100 bytes"),
+            (distcc.HEADER.pack(distcc.MAGIC, distcc.RESULT, 0, 0, 0),
+             "expected a JOB"),
+            (b"".join([distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 3),
+                       b"abc"]), "metadata"),
+        ]
+        for data, words in cases:
+            c = socket.socket(socket.AF_UNIX)
+            c.settimeout(30)
+            c.connect(sock)
+            c.sendall(data)
+            c.shutdown(socket.SHUT_WR)
+            with c.makefile("rb") as f:
+                kind, _, body = distcc.read_frame(f)
+            c.close()
+            self.assertEqual(kind, distcc.ERROR, words)
+            self.assertIn(words, bytes(body).decode(), words)
+        r = self.distcc(["gcc", "-c", "f/warm.c", "-o", "f/warm.o"])
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(self.trace().count("compiled on"), 2)
+
+    def test_other_users_are_refused_by_the_relay(self):
+        if os.getuid() != 0:
+            self.skipTest("switching to another uid needs root")
+        self.write("f/warm.c", "int w;\n")
+        self.assertEqual(self.distcc(["gcc", "-c", "f/warm.c", "-o",
+                                      "f/warm.o"]).returncode, 0)
+        (sock,) = [os.path.join(self.distcc_dir, n)
+                   for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
+        # Open the modes wide, so that only the credential check is left.
+        os.chmod(self.work, 0o711)
+        os.chmod(self.distcc_dir, 0o711)
+        os.chmod(sock, 0o666)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setuid(65534)
+                c = socket.socket(socket.AF_UNIX)
+                c.settimeout(10)
+                c.connect(sock)
+                try:
+                    c.sendall(b"".join(distcc.pack_body({}, [])))
+                    answer = c.recv(1)
+                except ConnectionResetError:
+                    answer = b""        # closed on us: refused
+                os._exit(3 if answer else 0)
+            except BaseException as e:
+                sys.stderr.write("child: %r\n" % e)
+                os._exit(2)
+        _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.WEXITSTATUS(status), 0, "nobody got an answer")
+        self.assertIn("refused a connection from uid 65534", self.trace())
+
+    def test_restricted_key_works(self):
+        env = dict(self.env, DISTCC_HOSTS="@distcc-restricted",
+                   DISTCC_FALLBACK="0")
+        self.write("f/rk.c", "int rk(void) { return 7; }\n")
+        r = self.distcc(["gcc", "-O2", "-c", "f/rk.c", "-o", "f/rk.o"],
+                        env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-restricted", self.trace())
+        # The key runs the server whatever command the client asks for.
+        r = run(["ssh", "-F", self.sshd.config, "-o", "BatchMode=yes",
+                 "distcc-restricted", "cat", "/etc/hostname"], timeout=30)
+        self.assertTrue(r.stdout.startswith(b"DISTCC.PY "), r.stdout[:80])
+
+    def test_separate_distcc_dirs_never_share_a_relay(self):
+        self.write("f/a.c", "int a;\n")
+        other = dict(self.env, DISTCC_DIR=os.path.join(self.work, "other"))
+        for env in (self.env, other):
+            r = self.distcc(["gcc", "-c", "f/a.c", "-o", "f/a.o"], env=env)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        mine = self.relay_pids()
+        self.distcc_dir, saved = other["DISTCC_DIR"], self.distcc_dir
+        try:
+            theirs = self.relay_pids()
+            self.assertEqual(len(mine), 1)
+            self.assertEqual(len(theirs), 1)
+            self.assertNotEqual(mine, theirs)
+        finally:
+            for pid in theirs:
+                end_process(pid)
+            self.stop_ssh_masters()
+            self.distcc_dir = saved
+
+    def test_missing_source_and_output_dir_fail_like_gcc(self):
+        for argv in (["gcc", "-c", "f/none.c", "-o", "f/none.o"],
+                     ["gcc", "-c", "src.c", "-o", "no/such/dir/x.o"]):
+            self.write("src.c", "int s;\n")
+            local = self.local(argv)
+            remote = self.distcc(argv)
+            self.assertNotEqual(local.returncode, 0)
+            self.assertEqual(remote.returncode, local.returncode)
+            self.assertEqual(remote.stderr, local.stderr)
+
+    CHAOS_ROUNDS = int(os.environ.get("DISTCC_TEST_CHAOS_ROUNDS", "1"))
+
+    def test_chaos_build(self):
+        """A -j8 build while relays and ssh are killed at random moments."""
+        import random
+        rng = random.Random(1234)
+        names = ["x%d" % i for i in range(24)]
+        for i, name in enumerate(names):
+            self.write("x/%s.c" % name, (self.SLOW % i).replace(
+                "40000", "%d" % (2000 + i * 997)))
+        with open(os.path.join(self.work, "x/Makefile"), "w") as f:
+            f.write("all: %s\n%%.o: %%.c\n\t$(CC) -O1 -c $< -o $@\n"
+                    % " ".join(n + ".o" for n in names))
+        want = {}
+        for name in names:
+            r = run(["gcc", "-O1", "-c", "x/%s.c" % name, "-o", "x/w.o"],
+                    cwd=self.work)
+            self.assertEqual(r.returncode, 0)
+            want[name] = self.read("x/w.o")
+        kills = 0
+        for _ in range(self.CHAOS_ROUNDS):
+            for name in names:
+                try:
+                    os.unlink(os.path.join(self.work, "x/%s.o" % name))
+                except FileNotFoundError:
+                    pass
+            make = subprocess.Popen(
+                ["make", "-j8", "CC=%s %s gcc" % (sys.executable, DISTCC_PY)],
+                cwd=os.path.join(self.work, "x"), env=self.env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            deadline = time.monotonic() + TIMEOUT
+            while make.poll() is None and time.monotonic() < deadline:
+                time.sleep(rng.uniform(0.05, 0.4))
+                for relay in self.relay_pids():
+                    victims = [relay] if rng.random() < 0.4 else \
+                        child_pids(relay)
+                    for pid in victims:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                            kills += 1
+                        except ProcessLookupError:
+                            pass  # ended by itself meanwhile
+            out, err = make.communicate(timeout=TIMEOUT)
+            self.assertEqual(make.returncode, 0, err[-2000:])
+            got = [n for n in names if self.read("x/%s.o" % n) != want[n]]
+            self.assertEqual(got, [])
+            leftovers = [n for n in os.listdir(os.path.join(self.work, "x"))
+                         if n.endswith(".tmp")]
+            self.assertEqual(leftovers, [])
+            self.assertNotIn(b"Traceback", err)
+        self.assertGreater(kills, 0)
+        sys.stderr.write("(%d kills) " % kills)
 
 
 class TestRealWorld(EndToEnd):
