@@ -1,7 +1,7 @@
 #!/bin/sh
 # Run by sh, this line starts Python on the cached bytecode of this file
 # (compiling 2,000 lines for every compile costs more than the job's I/O).
-''''exec "${DISTCC_PYTHON:-python3}" -c 'import importlib.util as u, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; s = u.spec_from_file_location("distcc", p, loader=__import__("importlib.machinery").machinery.SourceFileLoader("distcc", p)); m = u.module_from_spec(s); sys.modules["distcc"] = m; s.loader.exec_module(m); sys.exit(m.main(sys.argv[2:]))' "$0" "$@" # '''
+''''exec "${DISTCC_PYTHON:-python3}" -c 'import importlib.util as u, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; s = u.spec_from_file_location("distcc", p, loader=__import__("importlib.machinery").machinery.SourceFileLoader("distcc", p)); m = u.module_from_spec(s); sys.modules["distcc"] = m; s.loader.exec_module(m); sys.exit(m.main(sys.argv[2:], sys.argv[1]))' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:
@@ -2534,8 +2534,30 @@ def show_hosts(config):
     return 0
 
 
+def real_compiler(name):
+    """Return NAME, or the path of the first NAME on PATH that is not this
+    program (so masquerade links never call themselves).
+
+    Raises UsageError when PATH has no other NAME."""
+    me = os.path.realpath(__file__)
+    first = find_program(name)
+    if first is None or os.path.realpath(first) != me:
+        return name
+    if "/" in name:
+        raise UsageError("%s is distcc.py itself" % name,
+                         "give the real compiler's path")
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path) and \
+                os.path.realpath(path) != me:
+            return path
+    raise UsageError("no %s on PATH besides distcc.py itself" % name,
+                     "install the compiler or fix PATH")
+
+
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
+    argv = [real_compiler(argv[0])] + argv[1:]
     try:
         job = scan_args(expand_response_files(argv))
         hosts = config.hosts()
@@ -2569,12 +2591,21 @@ CC="distcc.py gcc".  See README.md for the environment variables.
 """
 
 
-def main(argv=None):
-    """Run the role ARGV asks for; return the exit status."""
+def main(argv=None, invoked_as=None):
+    """Run the role ARGV asks for; return the exit status.  INVOKED_AS is
+    the name this program was run by (a compiler's name in masquerade
+    mode)."""
     argv = sys.argv[1:] if argv is None else argv
+    invoked_as = sys.argv[0] if invoked_as is None else invoked_as
     Log.verbose = os.environ.get(ENV_VERBOSE, "0") not in ("", "0")
     Log.path = os.environ.get(ENV_LOG) or None
     try:
+        name = os.path.basename(invoked_as)
+        if COMPILER_NAME.match(name):
+            # Masquerade: a symlink named gcc (or cc, g++, clang...) early
+            # on PATH points here; the real compiler is further along.
+            config = Config(os.environ)
+            return wrapper_main([name] + argv, config)
         if not argv or argv[0] in ("-h", "--help"):
             sys.stdout.write(USAGE)
             return 0 if argv else EXIT_BAD_ARGUMENTS
