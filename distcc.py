@@ -991,6 +991,9 @@ def noise_note(seen):
 # only compilers, only on preprocessed input, and answers every rejection
 # with an ERROR frame.
 
+# The lines of `CC -v` that say what code a compiler makes: its version and
+# target (not install paths, nor "Found CUDA installation ...").
+COMPILER_VERSION_LINE = re.compile(r"^Target: |\b(gcc|clang) version ")
 COMPILER_NAME = re.compile(
     r"^([A-Za-z0-9_.]+-)*(gcc|g\+\+|cc|c\+\+|clang|clang\+\+)(-[0-9.]+)?$")
 
@@ -1088,8 +1091,7 @@ def compiler_identity(path):
     except (OSError, subprocess.SubprocessError) as e:
         return "error: %s" % e
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
-    keep = [line for line in lines
-            if line.startswith("Target:") or " version " in line]
+    keep = [line for line in lines if COMPILER_VERSION_LINE.search(line)]
     return "\n".join(keep) or "unknown"
 
 
@@ -2555,6 +2557,103 @@ def real_compiler(name):
                      "install the compiler or fix PATH")
 
 
+def check_host(config, spec):
+    """Diagnose one host for a new user; print a line per check and return
+    0 only when the host is usable."""
+    import time
+    host = parse_host(spec if "@" in spec else "@" + spec)
+    out = sys.stdout
+
+    def say(ok, text):
+        out.write("%-4s %s\n" % ("ok" if ok else "FAIL", text))
+        out.flush()
+        return ok
+    argv = build_ssh_argv(config.ssh_command, host, config.dir)
+    state_dir(config)
+    started = time.monotonic()
+    try:
+        session = Session(argv, config.connect_timeout, config.io_timeout)
+    except (TransportError, ProtocolError) as e:
+        say(False, "ssh %s: %s" % (host.hostname, e))
+        out.write("     command: %s\n" % " ".join(argv))
+        return 1
+    good = True
+    try:
+        say(True, "ssh reaches %s without a prompt (%.0f ms to the banner)"
+            % (host.hostname, (time.monotonic() - started) * 1000))
+        say(True, "distcc.py %s runs there (protocol %d, %s CPUs); here: %s"
+            % (session.server_version, PROTOCOL, session.cpus, VERSION))
+        for name in ("gcc", "g++", "cc", "c++", "clang", "clang++"):
+            here = find_program(name)
+            if here is None:
+                continue
+            try:
+                theirs = session.identity(name)
+            except Rejected as e:
+                out.write("--   %s: %s\n" % (name, e.detail))
+                continue
+            ours = compiler_identity(here)
+            same = theirs == ours
+            good = say(same, "%s %s: %s" % (
+                name, "matches" if same else "differs",
+                theirs.replace("\n", ", ") if same else "%s there, %s here"
+                % (theirs.replace("\n", ", "), ours.replace("\n", ", "))
+            )) and good
+        good = check_probe_compile(session, say) and good
+        times = []
+        for _ in range(20):
+            t = time.monotonic()
+            session.call(QUERY, pack_body({"compiler": "gcc"}))
+            times.append(time.monotonic() - t)
+        payload = os.urandom(4 << 20)
+        t = time.monotonic()
+        session.call(QUERY, pack_body({"compiler": "gcc"}, [payload]))
+        rate = len(payload) / (time.monotonic() - t) / 1e6
+        say(True, "round trip %.2f ms (median of 20), throughput %.0f MB/s"
+            % (sorted(times)[10] * 1000, rate))
+    except DistccError as e:
+        good = say(False, "%s: %s" % (host.hostname, e))
+    finally:
+        session.close()
+    out.write("%s is %s\n" % (host.hostname, "usable" if good else
+                                "NOT usable"))
+    return 0 if good else 1
+
+
+def check_probe_compile(session, say):
+    """Compile a probe file on the session's host and here; compare."""
+    import subprocess
+    import tempfile
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="distccpy-check-") as d:
+        os.chdir(d)
+        try:
+            with open("probe.c", "w") as f:
+                f.write("#include <stdio.h>\n#define TWICE(x) ((x) * 2)\n"
+                        "int probe(int x) { return printf(\"%d\", "
+                        "TWICE(x)); }\n")
+            argv = ["gcc", "-O2", "-g", "-c", "probe.c", "-o", "probe.o"]
+            job = scan_args(argv)
+            meta, blobs, _ = prepare_job(job)
+            kind, body = session.call(JOB, pack_body(meta, blobs))
+            if kind == ERROR:
+                raise_error_body(body)
+            result, got = unpack_body(body)
+            if result.get("status") != 0:
+                return say(False, "probe compile failed there: %s"
+                           % bytes(got[1]).decode(errors="replace").strip())
+            remote = decompress(got[-1])
+            subprocess.check_call(argv)
+            with open("probe.o", "rb") as f:
+                local = f.read()
+        finally:
+            os.chdir(here)
+    return say(remote == local, "probe compile (gcc -O2 -g): the object "
+               "from there is %s the local one (%d bytes)"
+               % ("identical to" if remote == local else "DIFFERENT from",
+                  len(local)))
+
+
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     argv = [real_compiler(argv[0])] + argv[1:]
@@ -2581,6 +2680,7 @@ usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
        distcc.py --explain COMPILER ARGS...
                                       say (as JSON) whether it would be remote
        distcc.py -i                   serve jobs on stdin/stdout (build host)
+       distcc.py --check HOST         diagnose one host (ssh, versions, probe)
        distcc.py --show-hosts         list hosts, limits and state
        distcc.py -j                   print the number of job slots
        distcc.py --stop               stop this user's relays
@@ -2624,6 +2724,11 @@ def main(argv=None, invoked_as=None):
                                  "the remote command is 'distcc.py -i'")
             return server_main()
         config = Config(os.environ)
+        if argv[0] == "--check":
+            if len(argv) != 2:
+                raise UsageError("--check takes one host",
+                                 "e.g. distcc.py --check buildbox")
+            return check_host(config, argv[1])
         if argv[0] == "--show-hosts":
             return show_hosts(config)
         if argv[0] == "-j":
