@@ -1312,6 +1312,17 @@ class TestRelay(EndToEnd):
         mode = os.stat(os.path.join(self.distcc_dir, socks[0])).st_mode
         self.assertEqual(mode & 0o777, 0o600)
 
+    def test_state_dir_of_another_user_is_refused(self):
+        if os.getuid() != 0:
+            self.skipTest("chown to another user needs root")
+        self.write("p.c", "int p;\n")
+        os.makedirs(self.distcc_dir, mode=0o700)
+        os.chown(self.distcc_dir, 65534, 65534)
+        r = self.distcc(["gcc", "-c", "p.c"])
+        self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
+        self.assertRegex(r.stderr.decode(), r"^distcc.py: usage: .* belongs "
+                         r"to uid 65534, not to you; set DISTCC_DIR .*\n$")
+
     def test_insecure_state_dir_is_refused(self):
         self.write("p.c", "int p;\n")
         os.makedirs(self.distcc_dir)
@@ -1667,6 +1678,22 @@ class TestFaults(EndToEnd):
         out, err = p.communicate(timeout=TIMEOUT)
         return p.returncode, err
 
+    def assertNothingLeftBehind(self):
+        """At most one relay and its one ssh per host; no job dirs."""
+        time.sleep(0.5)                 # let killed processes be reaped
+        relays = [p for p in self.relay_pids() if process_alive(p)]
+        self.assertLessEqual(len(relays), 1)
+        sshs = [p for p in all_pids() if process_alive(p) and
+                cmdline(p)[:1] == ["ssh"] and
+                any(self.distcc_dir in a for a in cmdline(p))]
+        self.assertLessEqual(len(sshs), len(relays), [cmdline(p)
+                                                      for p in sshs])
+        jobs = [d for d in os.listdir(tempfile.gettempdir())
+                if d.startswith("distccpy-") and not d.startswith(
+                    ("distccpy-test-", "distccpy-sshd-", "distccpy-bench-",
+                     "distccpy-check-"))]
+        self.assertEqual(jobs, [], "job dirs left on the host")
+
     def assertObjectGood(self, name):
         want = run(["gcc", "-O1", "-c", "f/%s.c" % name, "-o", "f/want.o"],
                    cwd=self.work)
@@ -1691,6 +1718,7 @@ class TestFaults(EndToEnd):
         self.assertNotEqual(new, relay)
         self.assertIn("compiled on distcc-test", self.trace())
         self.assertNotIn(b"Traceback", err)
+        self.assertNothingLeftBehind()
 
     def test_compiler_killed_on_host(self):
         bindir = os.path.join(self.work, "killbin")
@@ -1739,6 +1767,7 @@ class TestFaults(EndToEnd):
         status, err = self.compile_while("c", cut)
         self.assertEqual(status, 0, err)
         self.assertObjectGood("c")
+        self.assertNothingLeftBehind()
 
     def test_garbage_into_the_relay_socket(self):
         self.write("f/warm.c", "int w;\n")
@@ -1896,6 +1925,7 @@ class TestFaults(EndToEnd):
                          if n.endswith(".tmp")]
             self.assertEqual(leftovers, [])
             self.assertNotIn(b"Traceback", err)
+            self.assertNothingLeftBehind()
         self.assertGreater(kills, 0)
         sys.stderr.write("(%d kills) " % kills)
 
