@@ -2344,7 +2344,8 @@ def make_distcc_py_env(bench, name, hosts):
     and DISTCC_HOSTS HOSTS; the cleanup stops its relay and master."""
     env = env_without_distcc(
         DISTCC_DIR=os.path.join(bench.root, name), DISTCC_HOSTS=hosts,
-        DISTCC_SSH=bench.sshd.ssh_command(), DISTCC_FALLBACK="0", LC_ALL="C")
+        DISTCC_SSH=bench.sshd.ssh_command(), DISTCC_FALLBACK="0", LC_ALL="C",
+        DISTCC_PYTHON=sys.executable)
     bench.distcc_py_envs.append(env)
     return env
 
@@ -2524,7 +2525,7 @@ def measure_per_job(bench):
     host = "@distcc-test:" + bench.py
     cold = make_distcc_py_env(bench, "dpy-cold", host)
     warm = make_distcc_py_env(bench, "dpy-warm", host)
-    wrapper = [sys.executable, bench.py]
+    wrapper = [bench.py]            # as a build runs it: its sh launcher
     modes = [("local gcc", [], bench.env),
              ("distcc.py cold", wrapper, cold),
              ("distcc.py warm", wrapper, warm)]
@@ -2586,7 +2587,7 @@ def measure_builds(bench):
     traced = dict(dpy, DISTCC_VERBOSE="1",
                   DISTCC_LOG=os.path.join(bench.root, "trace.log"))
     modes = [("local gcc", "gcc", bench.env),
-             ("distcc.py", "%s %s gcc" % (sys.executable, bench.py), traced)]
+             ("distcc.py", "%s gcc" % bench.py, traced)]
     if bench.have_distcc:
         port = start_distccd(bench)
         modes += [("distcc TCP", "distcc gcc", make_distcc_env(
@@ -2635,7 +2636,7 @@ def measure_pinned(bench):
         dpy_hosts = "localhost/1 @distcc-test/2:" + bench.py
         dpy = make_distcc_py_env(bench, "dpy-pin", dpy_hosts)
         modes = [("local gcc", "gcc", bench.env),
-                 ("distcc.py", "%s %s gcc" % (sys.executable, bench.py), dpy)]
+                 ("distcc.py", "%s gcc" % bench.py, dpy)]
         if bench.have_distcc:
             tcp_hosts = "localhost/1 127.0.0.1:%d/2" % start_distccd(bench, 1)
             modes.append(("distcc TCP", "distcc gcc", make_distcc_env(
@@ -2670,8 +2671,7 @@ def measure_bytes(bench):
                                       % (BENCH_MAKE_JOBS, bench.py)),
                    DISTCC_VERBOSE="1",
                    DISTCC_LOG=os.path.join(bench.root, "trace.log"))
-        _, _, objdir = build_brotli(bench, "%s %s gcc" % (
-            sys.executable, bench.py), env, True)
+        _, _, objdir = build_brotli(bench, "%s gcc" % bench.py, env, True)
         stop_distcc_py(bench, env)
         bench.traced = (env["DISTCC_LOG"], objdir)
     log, objdir = bench.traced
@@ -2711,7 +2711,7 @@ def measure_startup(bench):
         with open(os.path.join(src, name), "w") as f:
             f.write(text)
     cases = [("python3 -c pass", [sys.executable, "-c", "pass"]),
-             ("distcc.py --version", [sys.executable, bench.py, "--version"]),
+             ("distcc.py --version", [bench.py, "--version"]),
              ("gcc -c tiny.c", ["gcc", "-c", "tiny.c", "-o", "tiny.o"])]
     rounds = 5 * bench.runs
     times = {label: [] for label, _ in cases}
@@ -2814,7 +2814,8 @@ def run_benchmark(argv):
     become_subreaper()
     bench = types.SimpleNamespace(
         runs=args.runs, sshd=SshServer(), distcc_py_envs=[], distccds=[],
-        results={}, traced=None, env=env_without_distcc(LC_ALL="C"),
+        results={}, traced=None,
+        env=env_without_distcc(LC_ALL="C", DISTCC_PYTHON=sys.executable),
         root=tempfile.mkdtemp(prefix="distccpy-bench-"),
         have_distcc=bool(shutil.which("distcc") and shutil.which("distccd")))
     bench.log = os.path.join(bench.root, "commands.log")
