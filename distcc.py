@@ -1879,7 +1879,6 @@ def connect_relay(config, host):
     Raises TransportError if no relay answers within a few seconds."""
     import socket
     import time
-    state_dir(config)
     sock_path, lock_path = relay_paths(config, host)
     deadline = time.monotonic() + 10.0
     delay = 0.005
@@ -2321,8 +2320,7 @@ def acquire_slot(config, hosts, queue_name="queue"):
     import time
     if not hosts:
         return None
-    directory = os.path.join(state_dir(config), "slots")
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    directory = os.path.join(config.dir, "slots")
     queue = os.open(os.path.join(directory, queue_name),
                     os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -2444,6 +2442,10 @@ def compile_distributed(config, job, hosts):
 
     Raises the last fault when no host is left and DISTCC_FALLBACK=0, or
     LocalOnly to compile here."""
+    # Checked and created once per job; the slot and relay code below
+    # relies on it.
+    os.makedirs(os.path.join(state_dir(config), "slots"), mode=0o700,
+                exist_ok=True)
     if hosts.randomize:
         import random
         hosts = HostList(hosts)
