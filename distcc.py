@@ -1,7 +1,9 @@
 #!/bin/sh
 # Run by sh, this line starts Python on the cached bytecode of this file
-# (compiling 2,000 lines for every compile costs more than the job's I/O).
-''''exec "${DISTCC_PYTHON:-python3}" -c 'import importlib.util as u, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; s = u.spec_from_file_location("distcc", p, loader=__import__("importlib.machinery").machinery.SourceFileLoader("distcc", p)); m = u.module_from_spec(s); sys.modules["distcc"] = m; s.loader.exec_module(m); sys.exit(m.main(sys.argv[2:], sys.argv[1]))' "$0" "$@" # '''
+# (compiling 2,000 lines for every compile costs more than the job's I/O),
+# without site (-S: this file needs no site-packages, and a site with .pth
+# files can cost 70 ms per start).
+''''exec "${DISTCC_PYTHON:-python3}" -S -c 'import importlib.machinery as im, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; im.SourceFileLoader("distcc", p).exec_module(m); sys.exit(m.main(sys.argv[2:], sys.argv[1]))' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:
@@ -62,15 +64,24 @@ Environment:
     DISTCC_BACKOFF_PERIOD seconds a host that failed is left alone (60)
     DISTCC_IO_TIMEOUT     seconds of silence from a busy host before its
                           session counts as dead (default 60)
+    DISTCC_SKIP_LOCAL_RETRY  1: a job lost on the way to or from a host
+                          fails instead of compiling here (compile errors
+                          are never retried anyway)
+    DISTCC_SAVE_TEMPS     1 keeps the text sent ($TMPDIR) and the host's job
+                          directory, and says where
 """
 
 import errno
-import json
+import marshal
 import os
-import re
 import struct
 import sys
 import zlib
+
+# The wrapper runs once per compile, so its imports are its start-up cost.
+# Modules that pull in enum or re (json, re, socket, subprocess, signal,
+# shlex, hashlib, random) cost it 5-10 ms each and are imported only where
+# they are needed, never on the wrapper's path.
 
 # ---------------------------------------------------------------------------
 # Constants & protocol
@@ -112,6 +123,8 @@ ENV_RELAY_TIMEOUT = "DISTCC_RELAY_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "DISTCC_CONNECT_TIMEOUT"
 ENV_BACKOFF_PERIOD = "DISTCC_BACKOFF_PERIOD"
 ENV_IO_TIMEOUT = "DISTCC_IO_TIMEOUT"
+ENV_SKIP_LOCAL_RETRY = "DISTCC_SKIP_LOCAL_RETRY"
+ENV_SAVE_TEMPS = "DISTCC_SAVE_TEMPS"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
@@ -262,7 +275,12 @@ def describe_exit(status, program):
 # Framing
 #
 # Reading and writing frames on any binary file object, and packing the
-# JSON-plus-blobs bodies.  Knows nothing about jobs.
+# metadata-plus-blobs bodies.  Knows nothing about jobs.
+#
+# Metadata is JSON on the ssh leg, where a host parses whatever a client
+# sends, and marshal on the relay's socket (LOCAL), which only this user's
+# processes can reach (SO_PEERCRED): the wrapper then never imports json,
+# which would cost it 8 ms per compile.
 
 
 def read_exactly(f, n):
@@ -281,8 +299,9 @@ def read_exactly(f, n):
     return buf
 
 
-def read_frame(f):
+def read_frame(f, on_header=None):
     """Read one frame; return (type, job_id, body) or None on a clean EOF.
+    ON_HEADER(type, job_id) is called before the body is read.
 
     Raises ProtocolError on bad magic, an oversized length or a short read."""
     first = f.read(1)
@@ -297,6 +316,8 @@ def read_frame(f):
     if length > MAX_FRAME:
         raise ProtocolError("frame of %d bytes is over the %d-byte limit"
                             % (length, MAX_FRAME))
+    if on_header is not None:
+        on_header(kind, job_id)
     return kind, job_id, read_exactly(f, length)
 
 
@@ -319,15 +340,45 @@ def write_frame(f, kind, job_id, parts):
     f.flush()
 
 
-def pack_body(meta, blobs=()):
-    """Return the parts of a JSON-plus-blobs body."""
+def dump_meta(meta, local=False):
+    """Encode the metadata dict META (marshal if LOCAL, else JSON)."""
+    if local:
+        return marshal.dumps(meta)
+    import json
+    try:
+        return json.dumps(meta, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as e:
+        raise ProtocolError("metadata cannot be sent: %s" % e)
+
+
+def load_meta(data, local=False):
+    """Decode metadata encoded by dump_meta; it must be a dict.
+
+    Raises ProtocolError on anything else."""
+    try:
+        if local:
+            meta = marshal.loads(data)
+        else:
+            import json
+            meta = json.loads(data)
+    except (ValueError, EOFError, TypeError, RecursionError) as e:
+        raise ProtocolError("metadata is not %s: %s"
+                            % ("marshal" if local else "JSON", e))
+    if not isinstance(meta, dict):
+        raise ProtocolError("metadata is not a dict")
+    return meta
+
+
+def pack_body(meta, blobs=(), local=False):
+    """Return the parts of a metadata-plus-blobs body."""
     meta = dict(meta, sizes=[len(b) for b in blobs])
-    text = json.dumps(meta, separators=(",", ":")).encode()
+    text = dump_meta(meta, local)
     return [META_LENGTH.pack(len(text)), text] + list(blobs)
 
 
-def unpack_meta(body):
-    """Return (meta, offset of the first blob) of a JSON-plus-blobs body.
+def unpack_meta(body, local=False):
+    """Return (meta, offset of the first blob) of a metadata-plus-blobs
+    body.
 
     Raises ProtocolError when the body is malformed."""
     if len(body) < META_LENGTH.size:
@@ -337,20 +388,14 @@ def unpack_meta(body):
     if end > len(body):
         raise ProtocolError("metadata of %d bytes overruns a %d-byte body"
                             % (n, len(body)))
-    try:
-        meta = json.loads(bytes(body[META_LENGTH.size:end]))
-    except ValueError as e:
-        raise ProtocolError("metadata is not JSON: %s" % e)
-    if not isinstance(meta, dict):
-        raise ProtocolError("metadata is not a JSON object")
-    return meta, end
+    return load_meta(bytes(body[META_LENGTH.size:end]), local), end
 
 
-def unpack_body(body):
-    """Return (meta, blobs) of a JSON-plus-blobs body.
+def unpack_body(body, local=False):
+    """Return (meta, blobs) of a metadata-plus-blobs body.
 
     Raises ProtocolError when the sizes do not add up."""
-    meta, pos = unpack_meta(body)
+    meta, pos = unpack_meta(body, local)
     sizes = meta.get("sizes")
     if not isinstance(sizes, list) or not all(
             isinstance(s, int) and s >= 0 for s in sizes):
@@ -366,18 +411,23 @@ def unpack_body(body):
     return meta, blobs
 
 
-def error_body(kind, message):
+def error_body(kind, message, local=False):
     """Return the body of an ERROR frame."""
-    return json.dumps({"kind": kind, "message": message}).encode()
+    return dump_meta({"kind": kind, "message": message}, local)
 
 
-def raise_error_body(body):
-    """Raise the exception an ERROR frame's body describes."""
+def parse_error_body(body, local=False):
+    """Return (kind, message) of an ERROR frame's body."""
     try:
-        err = json.loads(bytes(body))
-        kind, message = err["kind"], str(err["message"])
-    except (ValueError, KeyError, TypeError):
+        err = load_meta(bytes(body), local)
+        return str(err["kind"]), str(err["message"])
+    except (ProtocolError, KeyError):
         raise ProtocolError("malformed ERROR frame")
+
+
+def raise_error_body(body, local=False):
+    """Raise the exception an ERROR frame's body describes."""
+    kind, message = parse_error_body(body, local)
     raise ERROR_KINDS.get(kind, ProtocolError)(message)
 
 
@@ -795,11 +845,15 @@ class Host:
             not self.spec.startswith("@")
 
     def key(self):
-        """Return a short stable name for this host's relay and files."""
-        import hashlib
-        ident = "%s\0%s\0%s" % (self.user or "", self.hostname,
-                                self.command or DEFAULT_REMOTE_COMMAND)
-        return hashlib.sha1(ident.encode()).hexdigest()[:12]
+        """Return a short stable name for this host's relay and files: the
+        host name, and a checksum of user, host and command (zlib's two
+        32-bit checksums; hashlib would cost every wrapper 4 ms)."""
+        ident = ("%s\0%s\0%s" % (self.user or "", self.hostname,
+                                 self.command or DEFAULT_REMOTE_COMMAND)
+                 ).encode("utf-8", "surrogateescape")
+        name = "".join(c if c in NAME_CHARS or c == "-" else "_"
+                       for c in self.hostname[:16])
+        return "%s-%08x%08x" % (name, zlib.crc32(ident), zlib.adler32(ident))
 
     def __repr__(self):
         return "Host(%r)" % self.spec
@@ -993,9 +1047,26 @@ def noise_note(seen):
 
 # The lines of `CC -v` that say what code a compiler makes: its version and
 # target (not install paths, nor "Found CUDA installation ...").
-COMPILER_VERSION_LINE = re.compile(r"^Target: |\b(gcc|clang) version ")
-COMPILER_NAME = re.compile(
-    r"^([A-Za-z0-9_.]+-)*(gcc|g\+\+|cc|c\+\+|clang|clang\+\+)(-[0-9.]+)?$")
+COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
+
+# Compiler names a server runs and masquerade links answer to: gcc, g++, cc,
+# c++, clang, clang++, with a target prefix (x86_64-linux-gnu-) and a
+# version suffix (-12) allowed.
+COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                       "0123456789_.")
+
+
+def is_compiler_name(name):
+    """Whether NAME is a compiler's name, as above (no re: main checks
+    every invocation's name)."""
+    if not isinstance(name, str):
+        return False
+    parts = name.split("-")
+    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= set("0123456789."):
+        parts.pop()                 # the version suffix
+    return parts[-1] in COMPILER_BASENAMES and \
+        all(p and set(p) <= NAME_CHARS for p in parts[:-1])
 
 # Options a client must never make the host's compiler obey: they read or
 # write files of the host, or run programs.  Checked again here because a
@@ -1068,7 +1139,7 @@ def find_compiler(name):
     """Return the full path of compiler NAME on this host's PATH.
 
     Raises Rejected if NAME is not a compiler or is not installed."""
-    if not isinstance(name, str) or not COMPILER_NAME.match(name):
+    if not is_compiler_name(name):
         raise Rejected("%r is not a compiler this server runs" % (name,),
                        "the server runs gcc, g++, cc, c++ and clang by name")
     import shutil
@@ -1083,6 +1154,7 @@ def compiler_identity(path):
 
     Target and version decide what object a compiler makes; install paths
     do not."""
+    import re
     import subprocess
     try:
         proc = subprocess.run([path, "-v"], stdin=subprocess.DEVNULL,
@@ -1091,7 +1163,7 @@ def compiler_identity(path):
     except (OSError, subprocess.SubprocessError) as e:
         return "error: %s" % e
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
-    keep = [line for line in lines if COMPILER_VERSION_LINE.search(line)]
+    keep = [line for line in lines if re.search(COMPILER_VERSION_LINE, line)]
     return "\n".join(keep) or "unknown"
 
 
@@ -1196,6 +1268,7 @@ def compile_job(body):
     import shutil
     import subprocess
     import tempfile
+    import time
     meta, blobs = unpack_body(body)
     extra = meta.get("extra") or []
     if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
@@ -1275,9 +1348,11 @@ def compile_job(body):
         child_env["PWD"] = work
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
+        started = time.monotonic()
         proc = subprocess.run(argv, cwd=work, env=child_env,
                               stdin=subprocess.DEVNULL,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        compile_ms = round((time.monotonic() - started) * 1000)
         if proc.returncode < 0:
             raise OSError(errno.EINTR, describe_exit(proc.returncode,
                                                      os.path.basename(
@@ -1296,24 +1371,29 @@ def compile_job(body):
                     data = f.read()
                 outputs.append({"name": name, "raw": len(data)})
                 blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
-        result = {"status": proc.returncode, "outputs": outputs}
+        result = {"status": proc.returncode, "outputs": outputs,
+                  "compile_ms": compile_ms}
         if family == "gcc" and proc.stderr:
             result["missing"] = missing_sources(proc.stderr, work)
+        if meta.get("save_temps"):
+            result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
         return pack_body(result, blobs_out)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not meta.get("save_temps"):
+            shutil.rmtree(root, ignore_errors=True)
 
 
-DIAGNOSTIC_LOCATION = re.compile(
-    rb"^([^\s:][^:\n]*):[0-9]+:[0-9]+: ", re.MULTILINE)
-ANSI_ESCAPE = re.compile(rb"\x1b\[[0-9;]*[mK]")
+DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
+ANSI_ESCAPE = rb"\x1b\[[0-9;]*[mK]"
 
 
 def missing_sources(stderr, work):
     """Return the relative files that diagnostics in STDERR quote but that
     are not in the job dir WORK (gcc then prints no source line)."""
+    import re
     names = set()
-    for m in DIAGNOSTIC_LOCATION.finditer(ANSI_ESCAPE.sub(b"", stderr)):
+    plain = re.sub(ANSI_ESCAPE, b"", stderr)
+    for m in re.finditer(DIAGNOSTIC_LOCATION, plain):
         name = m.group(1).decode("utf-8", "surrogateescape")
         if not name.startswith("/") and not name.startswith("<") and \
                 not os.path.exists(os.path.join(work, name)):
@@ -1339,6 +1419,304 @@ def server_main():
     writer.flush()
     Server(reader, writer, max(2, cpus)).serve()
     return 0
+
+# ---------------------------------------------------------------------------
+# Job state and statistics
+#
+# What --monitor, --stats and the build summary read.  Each wrapper keeps a
+# one-line file $DISTCC_DIR/jobs/PID while its job runs (the relay updates
+# its phase while the job is on the host), and appends one line per job to
+# $DISTCC_DIR/stats when it ends.  Plain files, appended or rewritten with
+# single writes: no daemon to ask, nothing to lock, and a killed wrapper
+# costs one stale line that readers skip.  Readers never fail a build.
+
+PHASES = ("wait", "preprocess", "send", "compile", "receive", "local")
+PHASE_WIDTH = 10                     # the phase is padded, rewritten in place
+STATS_LIMIT = 4 * 1024 * 1024        # bytes before stats becomes stats.old
+STATS_FIELDS = ("time", "host", "outcome", "preprocessed", "sent",
+                "objects", "received", "preprocess_ms", "transfer_ms",
+                "compile_ms", "write_ms", "reason")
+OUTCOMES = ("remote", "local", "fallback", "failed")
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)    # never write through a link
+
+
+class JobState:
+    """This wrapper's line in $DISTCC_DIR/jobs, and its record for stats."""
+
+    def __init__(self, directory, source):
+        import time
+        self.directory = directory      # the checked DISTCC_DIR
+        self.source = source            # as the command line spells it
+        self.started = time.time()
+        self.fd = None                  # the open jobs/PID file, if any
+        self.done = False               # finish() has run
+        self.record = dict.fromkeys(STATS_FIELDS, 0)
+        self.record.update(host="localhost", outcome="local", reason="")
+
+    def set_phase(self, phase, host="-"):
+        """Show PHASE (and HOST) in --monitor."""
+        line = ("%-*s\t%.3f\t%s\t%s\n" % (PHASE_WIDTH, phase, self.started,
+                                           host, self.source)).encode(
+                                               "utf-8", "surrogateescape")
+        try:
+            if self.fd is None:
+                self.fd = os.open(job_state_path(self.directory, os.getpid()),
+                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                                  O_NOFOLLOW, 0o600)
+            os.pwrite(self.fd, line, 0)
+            os.ftruncate(self.fd, len(line))
+        except OSError:
+            pass  # monitoring is best effort; the compile goes on
+
+    def finish(self, outcome, reason="", host="localhost"):
+        """Append this job's record to the stats and drop its state line."""
+        import time
+        self.done = True
+        rec = self.record
+        rec.update(time=round(time.time(), 3), outcome=outcome, host=host,
+                   reason=" ".join(str(reason).split()))
+        line = "\t".join(str(rec[k]) for k in STATS_FIELDS) + "\n"
+        append_stats(self.directory, line.encode("utf-8", "surrogateescape"))
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.unlink(job_state_path(self.directory, os.getpid()))
+            except OSError:
+                pass  # already swept as stale by a reader
+
+
+def job_state_path(directory, pid):
+    return os.path.join(directory, "jobs", str(pid))
+
+
+def mark_phase(directory, pid, phase):
+    """Set the phase of wrapper PID's job, if it still runs (the relay's
+    half of set_phase)."""
+    try:
+        fd = os.open(job_state_path(directory, pid), os.O_WRONLY | O_NOFOLLOW)
+    except OSError:
+        return  # the wrapper has finished, or runs without a state line
+    try:
+        os.pwrite(fd, ("%-*s" % (PHASE_WIDTH, phase)).encode(), 0)
+    except OSError:
+        pass  # best effort, as above
+    finally:
+        os.close(fd)
+
+
+def append_stats(directory, line):
+    """Append one record LINE to $DISTCC_DIR/stats (one write, so lines of
+    concurrent wrappers never interleave); rotate it to stats.old past
+    STATS_LIMIT."""
+    path = os.path.join(directory, "stats")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
+                     O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line)
+            if os.fstat(fd).st_size > STATS_LIMIT:
+                os.replace(path, path + ".old")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # statistics must never fail a build
+
+
+def read_stats(directory, offset=None):
+    """Return (records, end offset) of $DISTCC_DIR/stats from OFFSET, or
+    of stats.old and stats when OFFSET is None; records are dicts of
+    STATS_FIELDS.  A stats file shorter than OFFSET was rotated and is read
+    whole."""
+    path = os.path.join(directory, "stats")
+    chunks = []
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            start = offset if offset is not None and offset <= size else 0
+            f.seek(start)
+            chunks.append(f.read())
+            end = f.tell()
+    except OSError:
+        return [], 0
+    if offset is None:
+        try:
+            with open(path + ".old", "rb") as f:
+                chunks.insert(0, f.read())
+        except OSError:
+            pass  # never rotated
+    records = []
+    for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
+        values = line.split("\t")
+        if len(values) != len(STATS_FIELDS):
+            continue  # a torn line from a full disk: skip it
+        rec = dict(zip(STATS_FIELDS, values))
+        try:
+            for key in STATS_FIELDS[3:-1]:
+                rec[key] = int(rec[key])
+            rec["time"] = float(rec["time"])
+        except ValueError:
+            continue
+        records.append(rec)
+    return records, end
+
+
+def read_job_states(directory):
+    """Return the jobs in flight as dicts (pid, phase, started, host,
+    source), oldest first; lines of wrappers that died are removed."""
+    jobs = []
+    folder = os.path.join(directory, "jobs")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return jobs
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+            os.kill(int(name), 0)
+        except ProcessLookupError:
+            try:
+                os.unlink(os.path.join(folder, name))
+            except OSError:
+                pass  # another reader swept it
+            continue
+        except OSError:
+            continue
+        fields = text.rstrip("\n").split("\t")
+        if len(fields) != 4:
+            continue  # being rewritten at this instant
+        try:
+            started = float(fields[1])
+        except ValueError:
+            continue
+        jobs.append({"pid": int(name), "phase": fields[0].strip(),
+                     "started": started, "host": fields[2],
+                     "source": fields[3]})
+    jobs.sort(key=lambda job: job["started"])
+    return jobs
+
+
+def summarize_stats(records):
+    """Return the counters --stats prints, from stats RECORDS."""
+    totals = dict.fromkeys(OUTCOMES, 0)
+    hosts, local_reasons, fallbacks = {}, {}, {}
+    sizes = dict.fromkeys(("preprocessed", "sent", "objects", "received"), 0)
+    times = dict.fromkeys(("preprocess", "transfer", "compile", "write"), 0)
+    for rec in records:
+        outcome = rec["outcome"] if rec["outcome"] in OUTCOMES else "failed"
+        totals[outcome] += 1
+        per_host = hosts.setdefault(rec["host"], dict.fromkeys(OUTCOMES, 0))
+        per_host[outcome] += 1
+        if outcome == "local":
+            # "no -c or -S: this command links" counts as "no -c or -S".
+            why = rec["reason"].split(": ")[0] or "unknown"
+            local_reasons[why] = local_reasons.get(why, 0) + 1
+        elif outcome in ("fallback", "failed"):
+            fallbacks[rec["reason"]] = fallbacks.get(rec["reason"], 0) + 1
+        for key in sizes:
+            sizes[key] += rec[key]
+        for key in times:
+            times[key] += rec[key + "_ms"]
+    return {
+        "jobs": len(records),
+        "remote": totals["remote"], "local": totals["local"],
+        "fallback": totals["fallback"], "failed": totals["failed"],
+        "hosts": {h: {k: v for k, v in c.items() if v}
+                  for h, c in sorted(hosts.items())},
+        "local_reasons": local_reasons,
+        "fallback_reasons": fallbacks,
+        "bytes": sizes,
+        "seconds": {k: round(v / 1000.0, 3) for k, v in times.items()},
+        "since": min((r["time"] for r in records), default=None),
+    }
+
+
+def format_summary(stats):
+    """One line: how many jobs ran where, and why any ran here."""
+    remote_hosts = ", ".join(
+        "%s %d" % (host, counts["remote"])
+        for host, counts in stats["hosts"].items() if counts.get("remote"))
+    text = "%d job%s: %d remote" % (stats["jobs"], "s"[stats["jobs"] == 1:],
+                                    stats["remote"])
+    if remote_hosts:
+        text += " (%s)" % remote_hosts
+    text += ", %d local" % stats["local"]
+    if stats["local_reasons"]:
+        text += " (%s)" % ", ".join(
+            "%d %s" % (n, why) for why, n in sorted(
+                stats["local_reasons"].items(), key=lambda kv: -kv[1]))
+    if stats["fallback"] or stats["failed"]:
+        text += ", %d fell back, %d failed (%s)" % (
+            stats["fallback"], stats["failed"], ", ".join(
+                "%d %s" % (n, why)
+                for why, n in stats["fallback_reasons"].items()))
+    return text
+
+
+def monitor(config, delay, count=None):
+    """--monitor: every DELAY seconds (COUNT times, or until Ctrl-C) show
+    the jobs in flight by host and phase, and what finished since it
+    started."""
+    import time
+    directory = config.dir
+    try:
+        offset = os.stat(os.path.join(directory, "stats")).st_size
+    except OSError:
+        offset = 0
+    finished = []
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
+    shown = 0
+    while count is None or shown < count:
+        if shown:
+            time.sleep(delay)
+        records, offset = read_stats(directory, offset)
+        finished += records
+        jobs = read_job_states(directory)
+        sys.stdout.write(clear + format_monitor(jobs, finished, time.time()))
+        sys.stdout.write("" if clear else "\n")
+        sys.stdout.flush()
+        shown += 1
+    return 0
+
+
+def format_monitor(jobs, finished, now):
+    """One screen of --monitor: a table of hosts by phase, the jobs, and
+    the totals of FINISHED records."""
+    import time
+    columns = PHASES
+    lines = ["distcc.py --monitor  %s  %d job%s in flight" % (
+        time.strftime("%H:%M:%S", time.localtime(now)), len(jobs),
+        "s"[len(jobs) == 1:])]
+    lines.append("%-20s" % "host" + "".join("%11s" % p for p in columns))
+    hosts = sorted({job["host"] for job in jobs})
+    for host in hosts:
+        counts = [sum(1 for j in jobs if j["host"] == host and
+                      j["phase"] == p) for p in columns]
+        lines.append("%-20s" % (host if host != "-" else "(here)") +
+                     "".join("%11d" % n for n in counts))
+    for job in jobs:
+        lines.append("  %7d  %-10s %-20s %6.1fs  %s" % (
+            job["pid"], job["phase"], job["host"], now - job["started"],
+            job["source"]))
+    stats = summarize_stats(finished)
+    lines.append("finished: " + format_summary(stats))
+    sizes = stats["bytes"]
+    if sizes["sent"] or sizes["received"]:
+        lines.append("sent %s as %s; received %s as %s" % (
+            format_bytes(sizes["preprocessed"]), format_bytes(sizes["sent"]),
+            format_bytes(sizes["objects"]), format_bytes(sizes["received"])))
+    return "\n".join(lines) + "\n"
+
+
+def format_bytes(n):
+    if n < 10 ** 4:
+        return "%d bytes" % n
+    if n < 10 ** 7:
+        return "%.1f KB" % (n / 1e3)
+    return "%.1f MB" % (n / 1e6)
 
 # ---------------------------------------------------------------------------
 # Relay
@@ -1382,34 +1760,37 @@ def relay_paths(config, host):
     return sock, base + ".lock"
 
 
-def peer_uid(sock):
-    """Return the uid of the process at the other end of Unix socket SOCK,
-    or None where the platform cannot say."""
+def peer_creds(sock):
+    """Return (pid, uid) of the process at the other end of Unix socket
+    SOCK, or (None, None) where the platform cannot say."""
     import socket
     if hasattr(socket, "SO_PEERCRED"):
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                 struct.calcsize("3i"))
-        return struct.unpack("3i", creds)[1]
-    return None
+        pid, uid, _ = struct.unpack("3i", creds)
+        return pid, uid
+    return None, None
 
 
 class Pending:
     """A job in flight on a session: its wrapper thread waits on it."""
 
-    def __init__(self):
+    def __init__(self, pid=None):
         import threading
         self.done = threading.Event()
         self.frame = None             # (type, body) once answered
+        self.pid = pid                # the wrapper's pid, for its phase
 
 
 class Session:
     """One ssh process running the server, and the jobs in flight on it."""
 
-    def __init__(self, argv, connect_timeout, io_timeout):
+    def __init__(self, argv, connect_timeout, io_timeout, state=None):
         import subprocess
         import threading
         import time
         self.argv = argv
+        self.state = state            # DISTCC_DIR for job phases, or None
         self.lock = threading.Lock()
         self.pending = {}             # job id -> Pending
         self.next_id = 1
@@ -1483,7 +1864,7 @@ class Session:
         import time
         try:
             while True:
-                frame = read_frame(self.proc.stdout)
+                frame = read_frame(self.proc.stdout, self.on_header)
                 if frame is None:
                     break
                 kind, job_id, body = frame
@@ -1507,6 +1888,13 @@ class Session:
         except subprocess.TimeoutExpired:
             pass  # still running with its stdout closed: close() kills it
         self.fail(self.exit_message())
+
+    def on_header(self, kind, job_id):
+        """A frame's header has arrived: its job is now receiving."""
+        if kind == RESULT and self.state:
+            pending = self.pending.get(job_id)
+            if pending is not None and pending.pid:
+                mark_phase(self.state, pending.pid, "receive")
 
     def fail(self, message):
         """Mark the session dead and fail every job in flight."""
@@ -1532,11 +1920,12 @@ class Session:
             self.proc.kill()
             self.proc.wait()
 
-    def call(self, kind, parts):
+    def call(self, kind, parts, pid=None):
         """Send one frame and wait for its answer; return (type, body).
+        PID is the wrapper's, whose phase this follows.
 
         Raises TransportError if the session dies first."""
-        pending = Pending()
+        pending = Pending(pid)
         with self.lock:
             if self.failure is not None:
                 raise TransportError(self.failure)
@@ -1548,6 +1937,8 @@ class Session:
                 write_frame(self.proc.stdin, kind, job_id, parts)
         except (OSError, ValueError) as e:
             self.fail("cannot write to ssh: %s" % e)
+        if pid and self.state:
+            mark_phase(self.state, pid, "compile")
         pending.done.wait()
         return pending.frame
 
@@ -1612,7 +2003,8 @@ class Relay:
             trace("connecting: %s" % " ".join(argv))
             try:
                 self.session = Session(argv, self.config.connect_timeout,
-                                       self.config.io_timeout)
+                                       self.config.io_timeout,
+                                       self.config.dir)
             except TransportError as e:
                 self.connect_failure = (time.monotonic(), e.detail)
                 raise
@@ -1647,7 +2039,7 @@ class Relay:
     def serve_wrapper(self, conn):
         """Forward one wrapper's job and its answer."""
         try:
-            uid = peer_uid(conn)
+            pid, uid = peer_creds(conn)
             if uid is not None and uid != os.getuid():
                 warn("refused a connection from uid %d" % uid)
                 return
@@ -1656,17 +2048,20 @@ class Relay:
             try:
                 frame = read_frame(f)
             except ProtocolError as e:
-                write_frame(out, ERROR, 0, error_body("protocol", str(e)))
+                write_frame(out, ERROR, 0, error_body("protocol", str(e),
+                                                      local=True))
                 return
             if frame is None:
                 return
             kind, _, body = frame
             if kind != JOB:
                 write_frame(out, ERROR, 0, error_body(
-                    "protocol", "expected a JOB frame"))
+                    "protocol", "expected a JOB frame", local=True))
                 return
             try:
-                meta, _ = unpack_meta(body)
+                # Wrappers speak marshal, hosts JSON (see Framing); the
+                # blobs pass through as views, never copied.
+                meta, blobs = unpack_body(body, local=True)
                 session = self.get_session()
                 theirs = session.identity(meta.get("compiler"))
                 ours = self.local_identity(meta.get("compiler_path"))
@@ -1677,12 +2072,19 @@ class Relay:
                         "here)" % (meta.get("compiler"), self.host.hostname,
                                    theirs.replace("\n", ", "),
                                    ours.replace("\n", ", ")))
-                kind, answer = session.call(JOB, [body])
+                kind, answer = session.call(JOB, pack_body(meta, blobs),
+                                            pid)
+                if kind == ERROR:
+                    answer = error_body(*parse_error_body(answer),
+                                        local=True)
+                else:
+                    answer = pack_body(*unpack_body(answer), local=True)
             except (TransportError, ProtocolError, Rejected) as e:
                 kind_name = {TransportError: "transport",
                              ProtocolError: "protocol"}.get(type(e), "reject")
-                kind, answer = ERROR, error_body(kind_name, e.detail)
-            write_frame(out, kind, 0, [answer])
+                kind, answer = ERROR, error_body(kind_name, e.detail,
+                                                 local=True)
+            write_frame(out, kind, 0, answer)
         except (OSError, ValueError):
             pass  # the wrapper went away; nothing is waiting for the answer
         finally:
@@ -1807,8 +2209,11 @@ def bind_listener(sock_path):
 def start_relay(config, host, sock_path, lock_path):
     """Start HOST's relay unless another process is starting or running it.
 
-    Returns once a relay is (being) started; the caller polls the socket."""
+    Returns once a relay is (being) started; the caller polls the socket.
+    Raises UsageError for a DISTCC_SSH that cannot be split: here, where
+    the build sees it, not in the detached relay."""
     import fcntl
+    config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -1877,13 +2282,15 @@ def connect_relay(config, host):
     """Return a socket connected to HOST's relay, starting it if needed.
 
     Raises TransportError if no relay answers within a few seconds."""
-    import socket
+    # _socket is the C core of socket; socket itself imports enum, which
+    # would cost the wrapper 4 ms per compile.
+    import _socket
     import time
     sock_path, lock_path = relay_paths(config, host)
     deadline = time.monotonic() + 10.0
     delay = 0.005
     while True:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             s.connect(sock_path)
             return s
@@ -1907,10 +2314,10 @@ def submit(config, host, parts):
     Raises TransportError, ProtocolError or Rejected."""
     s = connect_relay(config, host)
     try:
-        with s.makefile("wb") as out:
+        with open(s.fileno(), "wb", closefd=False) as out:
             write_frame(out, JOB, 0, parts)
         s.shutdown(1)
-        with s.makefile("rb") as f:
+        with open(s.fileno(), "rb", closefd=False) as f:
             frame = read_frame(f)
     except (OSError, ProtocolError) as e:
         raise RelayLost("relay connection failed: %s" % e)
@@ -1920,7 +2327,7 @@ def submit(config, host, parts):
         raise RelayLost("the relay closed the connection without an answer")
     kind, _, body = frame
     if kind == ERROR:
-        raise_error_body(body)
+        raise_error_body(body, local=True)
     if kind != RESULT:
         raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
     return body
@@ -1957,19 +2364,15 @@ class Config:
     """Settings read once from the environment by main dispatch."""
 
     def __init__(self, environ):
-        import shlex
         home = os.path.expanduser("~")
         self.dir = os.path.abspath(environ.get(ENV_DIR) or
                                    os.path.join(home, ".distcc"))
         self.hosts_text = environ.get(ENV_HOSTS)
-        try:
-            self.ssh_command = shlex.split(environ.get(ENV_SSH) or "ssh")
-        except ValueError as e:
-            raise UsageError("cannot split %s: %s" % (ENV_SSH, e),
-                             "check its quoting")
-        if not self.ssh_command:
-            raise UsageError("%s is empty" % ENV_SSH, "unset it or name ssh")
+        self.ssh_text = environ.get(ENV_SSH) or "ssh"
         self.fallback = environ.get(ENV_FALLBACK, "1") != "0"
+        self.skip_local_retry = environ.get(ENV_SKIP_LOCAL_RETRY, "0") \
+            not in ("", "0")
+        self.save_temps = environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
         self.relay_timeout = env_seconds(environ, ENV_RELAY_TIMEOUT,
                                          DEFAULT_RELAY_TIMEOUT)
         self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
@@ -1978,6 +2381,22 @@ class Config:
                                           DEFAULT_BACKOFF_PERIOD)
         self.io_timeout = env_seconds(environ, ENV_IO_TIMEOUT,
                                       DEFAULT_IO_TIMEOUT)
+
+    @property
+    def ssh_command(self):
+        """DISTCC_SSH split once with shlex (only relays and --check need
+        it, so wrappers never import shlex).
+
+        Raises UsageError on bad quoting."""
+        import shlex
+        try:
+            argv = shlex.split(self.ssh_text)
+        except ValueError as e:
+            raise UsageError("cannot split %s: %s" % (ENV_SSH, e),
+                             "check its quoting")
+        if not argv:
+            raise UsageError("%s is empty" % ENV_SSH, "unset it or name ssh")
+        return argv
 
     def hosts(self):
         """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
@@ -2009,8 +2428,14 @@ def env_seconds(environ, name, default):
     return value
 
 
-def find_program(name):
+def find_program(name, _found={}):
     """Return the path of NAME as execvp would find it, or None."""
+    if name not in _found:
+        _found[name] = search_path(name)
+    return _found[name]
+
+
+def search_path(name):
     if "/" in name:
         return os.path.abspath(name) if os.access(name, os.X_OK) else None
     for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
@@ -2032,24 +2457,69 @@ def exec_local(argv, reason):
                          "is the compiler installed and on PATH?")
 
 
-def preprocess(job):
+def spawn(path, argv, capture=False):
+    """Run program PATH with ARGV and wait; return its exit status (minus
+    the signal number if killed), or with CAPTURE (stdin from /dev/null)
+    (stdout, stderr, status).
+
+    posix_spawn, not subprocess: importing subprocess would cost the
+    wrapper 10 ms per compile."""
+    if not capture:
+        pid = os.posix_spawn(path, argv, os.environ)
+        return exit_status(os.waitpid(pid, 0)[1])
+    import select
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = os.posix_spawn(path, argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2)])
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        for fd in (null, out_w, err_w):
+            os.close(fd)
+    output = {out_r: [], err_r: []}
+    open_fds = [out_r, err_r]
+    try:
+        while open_fds:
+            for fd in select.select(open_fds, [], [])[0]:
+                data = os.read(fd, 1 << 20)
+                if data:
+                    output[fd].append(data)
+                else:
+                    open_fds.remove(fd)
+                    os.close(fd)
+    finally:
+        for fd in open_fds:
+            os.close(fd)
+    status = exit_status(os.waitpid(pid, 0)[1])
+    return b"".join(output[out_r]), b"".join(output[err_r]), status
+
+
+def exit_status(wait_status):
+    """The exit code of a waitpid status, or minus the killing signal."""
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def preprocess(job, compiler_path):
     """Run the local preprocessor; return (text, stderr, status)."""
-    import subprocess
     argv = preprocess_argv(job)
     trace("preprocess: %s" % " ".join(argv))
-    with subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE) as proc:
-        out, err = proc.communicate()
-    return out, err, proc.returncode
+    return spawn(compiler_path, argv, capture=True)
 
 
 def write_output(path, data):
     """Write DATA to PATH atomically: a temp name beside it, then rename."""
-    import random
     d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, ".%s.%d.%06x.tmp" % (
-        os.path.basename(path), os.getpid(), random.getrandbits(24)))
+    tmp = os.path.join(d, ".%s.%d.%s.tmp" % (
+        os.path.basename(path), os.getpid(), os.urandom(3).hex()))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -2145,12 +2615,14 @@ def explain(argv):
               "reason": reason,
               "language": job.lang if job else None,
               "depfile": job.depfile if job else None}
+    import json
     sys.stdout.write(json.dumps(answer) + "\n")
     return 0
 
 
-def prepare_job(job):
+def prepare_job(job, save_temps=False):
     """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
+    SAVE_TEMPS keeps the text in $TMPDIR.
 
     Raises LocalOnly when the local compile should tell the story."""
     compiler_path = find_program(job.compiler)
@@ -2161,12 +2633,14 @@ def prepare_job(job):
             parts = [f.read()]
         cpp_err = b""
     else:
-        text, cpp_err, status = preprocess(job)
+        text, cpp_err, status = preprocess(job, compiler_path)
         if status != 0:
             # The local compile prints the full story of a failed
             # preprocessing; let it.
             raise LocalOnly("preprocessing failed")
         parts = strip_builtins(text)
+    if save_temps:
+        save_preprocessed(job, parts)
     squeeze = zlib.compressobj(COMPRESS_LEVEL)
     packed = b"".join([squeeze.compress(p) for p in parts] +
                       [squeeze.flush()])
@@ -2194,17 +2668,37 @@ def prepare_job(job):
     return meta, [packed, original], cpp_err
 
 
-def compile_remote(config, job, host, prepared):
+def save_preprocessed(job, parts):
+    """DISTCC_SAVE_TEMPS: keep what is sent to the host, and say where."""
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "distcc.py-%d-%s"
+                        % (os.getpid(), os.path.basename(job.source)))
+    try:
+        with open(path, "wb") as f:
+            f.writelines(parts)
+        warn("DISTCC_SAVE_TEMPS: the text sent for %s is in %s"
+             % (job.source, path))
+    except OSError as e:
+        warn("DISTCC_SAVE_TEMPS: cannot write %s: %s" % (path, e.strerror))
+
+
+def compile_remote(config, job, host, prepared, state):
     """Compile the PREPARED job on HOST; return the compiler's exit status.
+    Sizes and times go to STATE's record.
 
     Raises TransportError, ProtocolError or Rejected for the fallback."""
+    import time
     meta, blobs_in, cpp_err = prepared
     packed, original = blobs_in
     raw = meta["raw"]
     trace("send %s to %s: %d bytes, %d compressed"
           % (job.source, host.hostname, raw, len(packed) + len(original)))
-    body = submit(config, host, pack_body(meta, [packed, original]))
-    result, blobs = unpack_body(body)
+    if config.save_temps:
+        meta["save_temps"] = True
+    state.set_phase("send", host.hostname)
+    started = time.monotonic()
+    body = submit(config, host, pack_body(meta, [packed, original],
+                                          local=True))
+    result, blobs = unpack_body(body, local=True)
     extra = collect_extra_files(result.get("missing"))
     if extra:
         # gcc on the host quoted lines of headers it does not have; send
@@ -2213,13 +2707,26 @@ def compile_remote(config, job, host, prepared):
               % (job.source, len(extra)))
         meta["extra"] = [name for name, _ in extra]
         body = submit(config, host, pack_body(
-            meta, [packed, original] + [data for _, data in extra]))
-        result, blobs = unpack_body(body)
+            meta, [packed, original] + [data for _, data in extra],
+            local=True))
+        result, blobs = unpack_body(body, local=True)
+    round_trip = time.monotonic() - started
     status = result.get("status")
     outputs = result.get("outputs")
     if not isinstance(status, int) or not isinstance(outputs, list) or \
             len(blobs) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
+    if result.get("temps"):
+        warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s"
+             % (host.hostname, result["temps"]))
+    compile_ms = result.get("compile_ms")
+    compile_ms = compile_ms if isinstance(compile_ms, int) else 0
+    state.record.update(
+        preprocessed=raw, sent=len(packed) + len(original),
+        received=sum(len(b) for b in blobs[2:]),
+        compile_ms=compile_ms,
+        transfer_ms=max(0, round(round_trip * 1000) - compile_ms))
+    started = time.monotonic()
     if status == 0:
         # Side files first, the object last: make judges by the object.
         paths = {"dwo": replace_suffix(job.output, ".dwo"),
@@ -2230,10 +2737,13 @@ def compile_remote(config, job, host, prepared):
                 len(set(names)) != len(names):
             raise ProtocolError("RESULT has outputs %r" % (names,))
         for name, blob in zip(names, blobs[2:]):
-            write_output(paths[name], decompress(blob))
+            data = decompress(blob)
+            state.record["objects"] += len(data)
+            write_output(paths[name], data)
     sys.stderr.buffer.write(cpp_err)
     sys.stderr.buffer.write(blobs[1])
     sys.stdout.buffer.write(blobs[0])
+    state.record["write_ms"] = round((time.monotonic() - started) * 1000)
     trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
     return status
 
@@ -2426,26 +2936,26 @@ def mark_host_good(config, host):
 
 def run_local(argv):
     """Run the local compiler as a child (a slot is held); return status."""
-    import subprocess
     trace("local slot: %s" % " ".join(argv))
     try:
-        return subprocess.call(argv)
+        path = find_program(argv[0])
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, "not found")
+        return spawn(path, argv)
     except OSError as e:
         raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
                          "is the compiler installed and on PATH?")
 
 
-def compile_distributed(config, job, hosts):
+def compile_distributed(config, job, hosts, state):
     """Compile JOB on the best host of HOSTS (localhost slots compile
     here); a host with a transport fault is backed off and the job tried
-    on the next.  Returns the compiler's status.
+    on the next.  Records the outcome in STATE; returns the compiler's
+    status.
 
-    Raises the last fault when no host is left and DISTCC_FALLBACK=0, or
-    LocalOnly to compile here."""
-    # Checked and created once per job; the slot and relay code below
-    # relies on it.
-    os.makedirs(os.path.join(state_dir(config), "slots"), mode=0o700,
-                exist_ok=True)
+    Raises the last fault when no host is left and DISTCC_FALLBACK=0 (or,
+    after a failed attempt, DISTCC_SKIP_LOCAL_RETRY=1), or LocalOnly to
+    compile here."""
     if hosts.randomize:
         import random
         hosts = HostList(hosts)
@@ -2456,16 +2966,21 @@ def compile_distributed(config, job, hosts):
     fault = None
     relay_restarts = 0
     while candidates:
+        state.set_phase("wait")
         slot = acquire_slot(config, candidates)
         host = slot.host
         try:
             if host.is_local:
-                return run_local(job.argv)
+                state.set_phase("local", "localhost")
+                status = run_local(job.argv)
+                state.finish("local", "localhost slot")
+                return status
             if prepared is None:
-                prepared = prepare_with_cpp_slot(config, hosts, job)
+                prepared = prepare_with_cpp_slot(config, hosts, job, state)
             trace("remote: %s on %s" % (job.source, host.spec))
-            status = compile_remote(config, job, host, prepared)
+            status = compile_remote(config, job, host, prepared, state)
             mark_host_good(config, host)
+            state.finish("remote", host=host.hostname)
             return status
         except RelayLost as e:
             # Our own relay died (killed, or exiting as we connected): the
@@ -2488,24 +3003,40 @@ def compile_distributed(config, job, hosts):
             (trace if isinstance(fault, Rejected) else warn)(
                 "%s; trying another host" % fault)
     if fault is None:
+        state.finish("failed" if not config.fallback else "fallback",
+                     "every host backed off")
         if not config.fallback:
             raise TransportError("every host is backed off",
                                  "wait DISTCC_BACKOFF_PERIOD seconds or "
                                  "remove %s/backoff-*" % config.dir)
         raise LocalOnly("every host is backed off")
-    if not config.fallback:
+    why = "%s fault on %s" % (
+        {TransportError: "transport", RelayLost: "relay",
+         ProtocolError: "protocol"}.get(type(fault), "rejected"),
+        host.hostname)
+    lost = not isinstance(fault, Rejected)
+    if not config.fallback or (lost and config.skip_local_retry):
+        state.finish("failed", why)
         raise fault
+    state.finish("fallback", why)
     warn("%s; compiling %s locally" % (fault, job.source))
     raise LocalOnly("no host could compile it")
 
 
-def prepare_with_cpp_slot(config, hosts, job):
-    """Preprocess JOB while holding one of the local preprocessing slots."""
+def prepare_with_cpp_slot(config, hosts, job, state):
+    """Preprocess JOB while holding one of the local preprocessing slots;
+    the time goes to STATE's record."""
+    import time
     cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
                os.cpu_count() or 2)
     slot = acquire_slot(config, [cpp], "queue-cpp")
     try:
-        return prepare_job(job)
+        state.set_phase("preprocess")
+        started = time.monotonic()
+        prepared = prepare_job(job, config.save_temps)
+        state.record["preprocess_ms"] = round(
+            (time.monotonic() - started) * 1000)
+        return prepared
     finally:
         slot.release()
 
@@ -2659,17 +3190,76 @@ def check_probe_compile(session, say):
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     argv = [real_compiler(argv[0])] + argv[1:]
+    state = None
     try:
         job = scan_args(expand_response_files(argv))
         hosts = config.hosts()
         if not any(not h.is_local for h in hosts):
             raise LocalOnly("no remote hosts")
         check_job_files(job)
-        return compile_distributed(config, job, hosts)
+        # Checked and created once per job; the slot, relay and job state
+        # code relies on it.
+        directory = state_dir(config)
+        for sub in ("slots", "jobs"):
+            if not os.path.isdir(os.path.join(directory, sub)):
+                os.makedirs(os.path.join(directory, sub), mode=0o700,
+                            exist_ok=True)
+        state = JobState(directory, job.source)
+        try:
+            return compile_distributed(config, job, hosts, state)
+        except LocalOnly as why:
+            if not state.done:      # the preprocessor failed, say
+                state.finish("local", why.detail)
+            raise
+        finally:
+            if not state.done:
+                state.finish("failed", "interrupted")
+            summarize_if_idle(config)
     except LocalOnly as why:
         reason = why.detail
+    if state is None:
+        record_local_job(config, reason)
+        summarize_if_idle(config)
     exec_local(argv, reason)
     return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
+
+
+def record_local_job(config, reason):
+    """Add a job that compiles here without trying a host to the stats."""
+    try:
+        directory = state_dir(config)
+    except UsageError:
+        return  # the remote path reports that; a local compile goes on
+    JobState(directory, "-").finish("local", reason)
+
+
+def summarize_if_idle(config):
+    """With DISTCC_VERBOSE, trace the summary line of the jobs since the
+    last summary when no other job is in flight: at the end of a build,
+    and wherever a build waits on a lone step."""
+    if not Log.verbose:
+        return
+    import fcntl
+    directory = config.dir
+    if read_job_states(directory):
+        return
+    try:
+        fd = os.open(os.path.join(directory, "stats.summary"),
+                     os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
+    except OSError:
+        return  # no state dir: nothing was recorded
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        offset = int(text) if text.isdigit() else None
+        records, end = read_stats(directory, offset)
+        if records:
+            trace("summary: " + format_summary(summarize_stats(records)))
+        os.pwrite(fd, b"%-20d\n" % end, 0)
+    except OSError:
+        pass  # another wrapper is printing it
+    finally:
+        os.close(fd)
 
 # ---------------------------------------------------------------------------
 # Main dispatch
@@ -2684,6 +3274,10 @@ usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
        distcc.py -i                   serve jobs on stdin/stdout (build host)
        distcc.py --check HOST         diagnose one host (ssh, versions, probe)
        distcc.py --show-hosts         list hosts, limits and state
+       distcc.py --monitor [SECONDS [COUNT]]
+                                      watch jobs in flight, by host and phase
+       distcc.py --stats | --summary  counters as JSON, or one line
+       distcc.py --zero-stats         start the counters again
        distcc.py -j                   print the number of job slots
        distcc.py --stop               stop this user's relays
        distcc.py --version | --help
@@ -2691,6 +3285,21 @@ usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
 Set DISTCC_HOSTS (e.g. "@buildbox/8 me@box2:/opt/bin/distcc.py") and use
 CC="distcc.py gcc".  See README.md for the environment variables.
 """
+
+
+def parse_monitor_args(args):
+    """Return (delay, count) of --monitor [SECONDS [COUNT]].
+
+    Raises UsageError."""
+    try:
+        delay = float(args[0]) if args else 1.0
+        count = int(args[1]) if len(args) > 1 else None
+    except ValueError:
+        delay = -1
+    if len(args) > 2 or delay <= 0 or (count is not None and count < 1):
+        raise UsageError("--monitor takes a delay and a count, got %s"
+                         % " ".join(args), "e.g. distcc.py --monitor 0.5")
+    return delay, count
 
 
 def main(argv=None, invoked_as=None):
@@ -2703,7 +3312,7 @@ def main(argv=None, invoked_as=None):
     Log.path = os.environ.get(ENV_LOG) or None
     try:
         name = os.path.basename(invoked_as)
-        if COMPILER_NAME.match(name):
+        if is_compiler_name(name):
             # Masquerade: a symlink named gcc (or cc, g++, clang...) early
             # on PATH points here; the real compiler is further along.
             config = Config(os.environ)
@@ -2733,6 +3342,26 @@ def main(argv=None, invoked_as=None):
             return check_host(config, argv[1])
         if argv[0] == "--show-hosts":
             return show_hosts(config)
+        if argv[0] == "--monitor":
+            delay, count = parse_monitor_args(argv[1:])
+            return monitor(config, delay, count)
+        if argv[0] in ("--stats", "--summary"):
+            records, _ = read_stats(config.dir)
+            stats = summarize_stats(records)
+            if argv[0] == "--summary":
+                sys.stdout.write(format_summary(stats) + "\n")
+                return 0
+            import json
+            stats["in_flight"] = read_job_states(config.dir)
+            sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+            return 0
+        if argv[0] == "--zero-stats":
+            for name in ("stats", "stats.old", "stats.summary"):
+                try:
+                    os.unlink(os.path.join(config.dir, name))
+                except FileNotFoundError:
+                    pass  # nothing counted yet
+            return 0
         if argv[0] == "-j":
             hosts = config.hosts()
             sys.stdout.write("%d\n" % max(1, sum(host_slots(config, h)

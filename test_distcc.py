@@ -11,6 +11,7 @@ real-world sources download them from PyPI once (pinned by checksum) into
 
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -1069,6 +1070,129 @@ class TestServer(unittest.TestCase):
                           if d.startswith("distccpy-")], [])
 
 # ---------------------------------------------------------------------------
+# Job state and statistics: the files --monitor and --stats read, without
+# ssh.
+
+
+class TestJobState(unittest.TestCase):
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="distccpy-state-")
+        os.mkdir(os.path.join(self.dir, "jobs"))
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def record(self, **fields):
+        rec = dict.fromkeys(distcc.STATS_FIELDS, 0)
+        rec.update(time=1.0, host="localhost", outcome="local", reason="")
+        rec.update(fields)
+        return rec
+
+    def test_state_line_follows_the_job_and_becomes_a_record(self):
+        state = distcc.JobState(self.dir, "src/a.c")
+        state.set_phase("preprocess")
+        (job,) = distcc.read_job_states(self.dir)
+        self.assertEqual((job["pid"], job["phase"], job["host"],
+                          job["source"]),
+                         (os.getpid(), "preprocess", "-", "src/a.c"))
+        state.set_phase("send", "box")
+        distcc.mark_phase(self.dir, os.getpid(), "compile")   # the relay
+        (job,) = distcc.read_job_states(self.dir)
+        self.assertEqual((job["phase"], job["host"]), ("compile", "box"))
+        state.record.update(preprocessed=1000, sent=300, compile_ms=25)
+        state.finish("remote", host="box")
+        self.assertEqual(distcc.read_job_states(self.dir), [])
+        self.assertEqual(os.listdir(os.path.join(self.dir, "jobs")), [])
+        (rec,), end = distcc.read_stats(self.dir)
+        self.assertEqual((rec["outcome"], rec["host"], rec["preprocessed"],
+                          rec["sent"], rec["compile_ms"]),
+                         ("remote", "box", 1000, 300, 25))
+        self.assertEqual(end, os.path.getsize(os.path.join(self.dir,
+                                                           "stats")))
+        # The relay's mark for a finished job changes nothing.
+        distcc.mark_phase(self.dir, os.getpid(), "receive")
+        self.assertEqual(os.listdir(os.path.join(self.dir, "jobs")), [])
+
+    def test_lines_of_dead_wrappers_are_swept(self):
+        child = subprocess.Popen([sys.executable, "-c", "pass"])
+        child.wait()
+        path = distcc.job_state_path(self.dir, child.pid)
+        with open(path, "w") as f:
+            f.write("compile   \t1.0\tbox\tgone.c\n")
+        self.assertEqual(distcc.read_job_states(self.dir), [])
+        self.assertFalse(os.path.exists(path))
+
+    def test_stats_rotate_and_read_from_an_offset(self):
+        old_limit = distcc.STATS_LIMIT
+        distcc.STATS_LIMIT = 300
+        self.addCleanup(setattr, distcc, "STATS_LIMIT", old_limit)
+        for i in range(10):
+            distcc.JobState(self.dir, "f%d.c" % i).finish("local", "why")
+        self.assertTrue(os.path.exists(os.path.join(self.dir, "stats.old")))
+        records, end = distcc.read_stats(self.dir)
+        self.assertEqual(len(records), 10)   # both files, nothing lost
+        distcc.JobState(self.dir, "g.c").finish("remote", host="box")
+        with open(os.path.join(self.dir, "stats"), "ab") as f:
+            f.write(b"torn\tline\n")
+        new, _ = distcc.read_stats(self.dir, end)
+        self.assertEqual([r["outcome"] for r in new], ["remote"])
+
+    def test_summary_counts_hosts_reasons_and_faults(self):
+        records = [
+            self.record(outcome="remote", host="a", preprocessed=100,
+                        sent=40, objects=50, received=20, compile_ms=1500),
+            self.record(outcome="remote", host="a"),
+            self.record(outcome="remote", host="b"),
+            self.record(reason="no -c or -S: this command links"),
+            self.record(reason="no -c or -S: this command links"),
+            self.record(reason="configure test programs are cheap"),
+            self.record(outcome="fallback", reason="transport fault on b"),
+        ]
+        stats = distcc.summarize_stats(records)
+        self.assertEqual((stats["jobs"], stats["remote"], stats["local"],
+                          stats["fallback"], stats["failed"]),
+                         (7, 3, 3, 1, 0))
+        self.assertEqual(stats["hosts"]["a"], {"remote": 2})
+        self.assertEqual(stats["local_reasons"],
+                         {"no -c or -S": 2,
+                          "configure test programs are cheap": 1})
+        self.assertEqual(stats["bytes"], {"preprocessed": 100, "sent": 40,
+                                          "objects": 50, "received": 20})
+        self.assertEqual(stats["seconds"]["compile"], 1.5)
+        self.assertEqual(
+            distcc.format_summary(stats),
+            "7 jobs: 3 remote (a 2, b 1), 3 local (2 no -c or -S, "
+            "1 configure test programs are cheap), 1 fell back, 0 failed "
+            "(1 transport fault on b)")
+        self.assertEqual(distcc.format_summary(distcc.summarize_stats([])),
+                         "0 jobs: 0 remote, 0 local")
+
+    def test_monitor_screen(self):
+        jobs = [{"pid": 11, "phase": "compile", "started": 90.0,
+                 "host": "box", "source": "a.c"},
+                {"pid": 12, "phase": "compile", "started": 95.0,
+                 "host": "box", "source": "b.c"},
+                {"pid": 13, "phase": "wait", "started": 99.0, "host": "-",
+                 "source": "c.c"}]
+        screen = distcc.format_monitor(jobs, [self.record()], 100.0)
+        lines = screen.splitlines()
+        self.assertIn("3 jobs in flight", lines[0])
+        self.assertEqual(lines[1].split(), ["host"] + list(distcc.PHASES))
+        self.assertEqual(lines[2].split(), ["(here)", "1", "0", "0", "0",
+                                            "0", "0"])
+        self.assertEqual(lines[3].split(), ["box", "0", "0", "0", "2", "0",
+                                            "0"])
+        self.assertEqual(lines[4].split(), ["11", "compile", "box", "10.0s",
+                                            "a.c"])
+        self.assertEqual(lines[-1], "finished: 1 job: 0 remote, 1 local "
+                                    "(1 unknown)")
+        for bad in (["0"], ["x"], ["1", "0"], ["1", "2", "3"]):
+            with self.assertRaises(distcc.UsageError):
+                distcc.parse_monitor_args(bad)
+        self.assertEqual(distcc.parse_monitor_args([]), (1.0, None))
+        self.assertEqual(distcc.parse_monitor_args(["0.5", "3"]), (0.5, 3))
+
+
+# ---------------------------------------------------------------------------
 # Relay and wrapper, end to end over the real sshd
 
 
@@ -1796,7 +1920,9 @@ class TestFaults(EndToEnd):
                 kind, _, body = distcc.read_frame(f)
             c.close()
             self.assertEqual(kind, distcc.ERROR, words)
-            self.assertIn(words, bytes(body).decode(), words)
+            # The relay's socket speaks marshal, not JSON (see Framing).
+            self.assertIn(words, distcc.parse_error_body(body, local=True)[1],
+                          words)
         r = self.distcc(["gcc", "-c", "f/warm.c", "-o", "f/warm.o"])
         self.assertEqual(r.returncode, 0)
         self.assertEqual(self.trace().count("compiled on"), 2)
@@ -1813,6 +1939,7 @@ class TestFaults(EndToEnd):
         os.chmod(self.work, 0o711)
         os.chmod(self.distcc_dir, 0o711)
         os.chmod(sock, 0o666)
+        job = b"".join(distcc.pack_body({}, [], local=True))
         pid = os.fork()
         if pid == 0:
             try:
@@ -1821,7 +1948,7 @@ class TestFaults(EndToEnd):
                 c.settimeout(10)
                 c.connect(sock)
                 try:
-                    c.sendall(b"".join(distcc.pack_body({}, [])))
+                    c.sendall(job)
                     answer = c.recv(1)
                 except (ConnectionResetError, BrokenPipeError):
                     answer = b""        # closed on us: refused
@@ -1941,6 +2068,119 @@ class TestIntegrations(EndToEnd):
                        "{ return printf(\"%d\\n\"); }\n" % (i, i))
         self.write("proj/g.cc", "#include <string>\nstd::string g() "
                    "{ return \"g\"; }\n")
+
+    def slow_host(self, seconds):
+        """A remote command whose gcc sleeps SECONDS before each compile,
+        so that --monitor can see jobs on the host."""
+        real = shutil.which("gcc")
+        self.write("slow-bin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
+                   "exec %s \"$@\";; esac\nsleep %s\nexec %s \"$@\"\n"
+                   % (real, seconds, real))
+        os.chmod(os.path.join(self.work, "slow-bin/gcc"), 0o755)
+        script = self.write("slow.sh", "#!/bin/sh\nPATH=%s:$PATH\nexport "
+                            "PATH\nexec %s %s -i\n" % (
+                                os.path.join(self.work, "slow-bin"),
+                                sys.executable, DISTCC_PY))
+        os.chmod(script, 0o755)
+        return "@distcc-test/2:%s" % script
+
+    def test_monitor_stats_and_summary_of_a_parallel_build(self):
+        env = dict(self.env, DISTCC_HOSTS=self.slow_host(1))
+        self.write("proj/main.c", "int f0(void), f1(void), f2(void), "
+                   "f3(void);\nint main(void) { return f0() + f1() + f2() "
+                   "+ f3(); }\n")
+        self.write("proj/Makefile", "prog: main.o f0.o f1.o f2.o f3.o\n"
+                   "\t$(CC) -o $@ $^\n%.o: %.c\n\t$(CC) -O2 -c $< -o $@\n")
+        cc = "%s %s gcc" % (sys.executable, DISTCC_PY)
+        with open(os.path.join(self.work, "monitor.txt"), "wb") as out:
+            monitor = subprocess.Popen(
+                [sys.executable, DISTCC_PY, "--monitor", "0.2", "30"],
+                env=env, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                r = run(["make", "-j5", "CC=" + cc],
+                        cwd=os.path.join(self.work, "proj"), env=env)
+                self.assertEqual(monitor.wait(timeout=60), 0)
+            finally:
+                if monitor.poll() is None:
+                    monitor.kill()
+                    monitor.wait()
+        self.assertEqual(r.returncode, 0, r.stderr)
+        screens = [s for s in self.read("monitor.txt").decode().split("\n\n")
+                   if s.strip()]
+        on_host = [s for s in screens if re.search(
+            r"(?m)^ +\d+  compile +distcc-test +\d+\.\ds  f?\w+\.c$", s)]
+        self.assertTrue(on_host, screens)
+        # Never more jobs on the host than its /2 allows.
+        for screen in on_host:
+            (row,) = [l for l in screen.splitlines()
+                      if l.startswith("distcc-test ")]
+            self.assertLessEqual(sum(map(int, row.split()[1:])), 2, screen)
+        self.assertIn("finished: 6 jobs: 5 remote (distcc-test 5), 1 local "
+                      "(1 no -c or -S)", screens[-1])
+        # The verbose build ends with the summary of what it did.
+        summaries = re.findall(r"(?m)^distcc\.py\[\d+\] wrapper: summary: "
+                               r"(\d+) jobs?: .*$", self.trace())
+        self.assertEqual(sum(map(int, summaries)), 6, self.trace())
+        stats = json.loads(run([sys.executable, DISTCC_PY, "--stats"],
+                               env=env).stdout)
+        self.assertEqual((stats["jobs"], stats["remote"], stats["local"]),
+                         (6, 5, 1))
+        self.assertEqual(stats["hosts"]["distcc-test"], {"remote": 5})
+        self.assertEqual(stats["local_reasons"], {"no -c or -S": 1})
+        self.assertGreater(stats["bytes"]["preprocessed"],
+                           2 * stats["bytes"]["sent"])
+        self.assertGreater(stats["bytes"]["objects"], 0)
+        # The host's gcc slept 1 s a job; the host measured it.
+        self.assertGreaterEqual(stats["seconds"]["compile"], 5.0)
+        self.assertEqual(stats["in_flight"], [])
+        summary = run([sys.executable, DISTCC_PY, "--summary"], env=env)
+        self.assertEqual(summary.stdout.decode(),
+                         "6 jobs: 5 remote (distcc-test 5), 1 local "
+                         "(1 no -c or -S)\n")
+        run([sys.executable, DISTCC_PY, "--zero-stats"], env=env)
+        summary = run([sys.executable, DISTCC_PY, "--summary"], env=env)
+        self.assertEqual(summary.stdout.decode(), "0 jobs: 0 remote, "
+                         "0 local\n")
+
+    def test_skip_local_retry_and_save_temps(self):
+        self.write("proj/lost.c", "int lost;\n")
+        dead = dict(self.env, DISTCC_HOSTS=self.sshd.host("distcc-dead"),
+                    DISTCC_FALLBACK="1")
+        r = self.distcc(["gcc", "-c", "proj/lost.c", "-o", "proj/lost.o"],
+                        env=dict(dead, DISTCC_SKIP_LOCAL_RETRY="1"))
+        self.assertEqual(r.returncode, distcc.EXIT_DISTCC_FAILED, r.stderr)
+        self.assertIn("distcc-dead", r.stderr.decode())
+        self.assertFalse(os.path.exists(os.path.join(self.work, "proj/lost.o")))
+        for name in os.listdir(self.distcc_dir):
+            if name.startswith("backoff-"):     # try it again at once
+                os.unlink(os.path.join(self.distcc_dir, name))
+        r = self.distcc(["gcc", "-c", "proj/lost.c", "-o", "proj/lost.o"],
+                        env=dead)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(os.path.exists(os.path.join(self.work, "proj/lost.o")))
+        stats = json.loads(run([sys.executable, DISTCC_PY, "--stats"],
+                               env=dead).stdout)
+        self.assertEqual((stats["failed"], stats["fallback"]), (1, 1))
+        self.assertEqual(stats["fallback_reasons"],
+                         {"transport fault on distcc-dead": 2})
+
+        tmp = os.path.join(self.work, "tmp")
+        os.mkdir(tmp)
+        r = self.distcc(["gcc", "-c", "proj/f1.c", "-o", "proj/f1.o"],
+                        env=dict(self.env, DISTCC_SAVE_TEMPS="1",
+                                 TMPDIR=tmp))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        err = r.stderr.decode()
+        (kept,) = os.listdir(tmp)
+        self.assertIn(os.path.join(tmp, kept), err)
+        self.assertIn(b"int f1(void)", self.read("tmp/" + kept))
+        (host_dir,) = re.findall(r"kept in distcc-test:(\S+)", err)
+        try:
+            # The host here is this machine: its job dir is still there.
+            self.assertTrue(os.path.isfile(os.path.join(
+                host_dir + self.work, "proj", "f1.c")), host_dir)
+        finally:
+            shutil.rmtree(host_dir, ignore_errors=True)
 
     def test_masquerade_links_find_the_real_compiler(self):
         links = os.path.join(self.work, "masq")
@@ -2148,10 +2388,13 @@ class TestMain(unittest.TestCase):
             # environment, words
             ({"DISTCC_HOSTS": "buildbox"}, "distcc.py speaks ssh only"),
             ({"DISTCC_HOSTS": "@box/zero"}, "'@box/zero'"),
-            ({"DISTCC_SSH": "ssh 'unclosed"}, "DISTCC_SSH"),
+            ({"DISTCC_SSH": "ssh 'unclosed", "DISTCC_HOSTS": "@box"},
+             "DISTCC_SSH"),
             ({"DISTCC_RELAY_TIMEOUT": "soon"}, "DISTCC_RELAY_TIMEOUT"),
         ]
         with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "x.c"), "w") as f:
+                f.write("int x;\n")
             for extra, words in cases:
                 env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
                                          **extra)
