@@ -848,9 +848,13 @@ class Host:
         """Return a short stable name for this host's relay and files: the
         host name, and a checksum of user, host and command (zlib's two
         32-bit checksums; hashlib would cost every wrapper 4 ms)."""
-        ident = ("%s\0%s\0%s" % (self.user or "", self.hostname,
-                                 self.command or DEFAULT_REMOTE_COMMAND)
-                 ).encode("utf-8", "surrogateescape")
+        ident = "%s\0%s\0%s" % (self.user or "", self.hostname,
+                                self.command or DEFAULT_REMOTE_COMMAND)
+        if self.hostname == "localhost":
+            # The local pools (compile, "cpp", "local") need their own
+            # slot files; a limit change must not move a remote relay.
+            ident += "\0" + self.spec.split("/")[0]
+        ident = ident.encode("utf-8", "surrogateescape")
         name = "".join(c if c in NAME_CHARS or c == "-" else "_"
                        for c in self.hostname[:16])
         return "%s-%08x%08x" % (name, zlib.crc32(ident), zlib.adler32(ident))
@@ -916,6 +920,7 @@ class HostList(list):
 
     randomize = False          # --randomize: shuffle before choosing
     cpp_slots = None           # --localslots_cpp=N: concurrent preprocessors
+    local_slots = None         # --localslots=N: concurrent local compiles
 
 
 def parse_hosts(text):
@@ -935,6 +940,8 @@ def parse_hosts(text):
                                      % token, "write %s=4" % name)
                 if name == "--localslots_cpp":
                     hosts.cpp_slots = int(value)
+                else:
+                    hosts.local_slots = int(value)
             elif token.startswith("-"):
                 raise UsageError("unknown host list option %r" % token,
                                  "use --randomize, --localslots=N or "
@@ -1163,7 +1170,8 @@ def compiler_identity(path):
     except (OSError, subprocess.SubprocessError) as e:
         return "error: %s" % e
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
-    keep = [line for line in lines if re.search(COMPILER_VERSION_LINE, line)]
+    keep = [line.strip() for line in lines
+            if re.search(COMPILER_VERSION_LINE, line)]
     return "\n".join(keep) or "unknown"
 
 
@@ -1446,7 +1454,8 @@ class JobState:
     def __init__(self, directory, source):
         import time
         self.directory = directory      # the checked DISTCC_DIR
-        self.source = source            # as the command line spells it
+        # As the command line spells it, minus what would break the line.
+        self.source = source.replace("\t", " ").replace("\n", " ")
         self.started = time.time()
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
@@ -1455,9 +1464,9 @@ class JobState:
 
     def set_phase(self, phase, host="-"):
         """Show PHASE (and HOST) in --monitor."""
-        line = ("%-*s\t%.3f\t%s\t%s\n" % (PHASE_WIDTH, phase, self.started,
-                                           host, self.source)).encode(
-                                               "utf-8", "surrogateescape")
+        text = "%-*s\t%.3f\t%s\t%s\n" % (PHASE_WIDTH, phase, self.started,
+                                         host, self.source)
+        line = text.encode("utf-8", "surrogateescape")
         try:
             if self.fd is None:
                 self.fd = os.open(job_state_path(self.directory, os.getpid()),
@@ -1920,9 +1929,10 @@ class Session:
             self.proc.kill()
             self.proc.wait()
 
-    def call(self, kind, parts, pid=None):
+    def call(self, kind, parts, pid=None, waiting=None):
         """Send one frame and wait for its answer; return (type, body).
-        PID is the wrapper's, whose phase this follows.
+        PID is the wrapper's, whose phase this follows; WAITING() is called
+        every PROGRESS_INTERVAL until the answer comes.
 
         Raises TransportError if the session dies first."""
         pending = Pending(pid)
@@ -1939,7 +1949,12 @@ class Session:
             self.fail("cannot write to ssh: %s" % e)
         if pid and self.state:
             mark_phase(self.state, pid, "compile")
-        pending.done.wait()
+        while not pending.done.wait(PROGRESS_INTERVAL):
+            if waiting is not None:
+                try:
+                    waiting()
+                except (OSError, ValueError):
+                    waiting = None  # the wrapper is gone
         return pending.frame
 
     def identity(self, compiler):
@@ -2072,8 +2087,11 @@ class Relay:
                         "here)" % (meta.get("compiler"), self.host.hostname,
                                    theirs.replace("\n", ", "),
                                    ours.replace("\n", ", ")))
-                kind, answer = session.call(JOB, pack_body(meta, blobs),
-                                            pid)
+                # The wrapper hears from us while the host compiles, so a
+                # silent relay is a stopped one.
+                kind, answer = session.call(
+                    JOB, pack_body(meta, blobs), pid,
+                    lambda: write_frame(out, PROGRESS, 0, [b""]))
                 if kind == ERROR:
                     answer = error_body(*parse_error_body(answer),
                                         local=True)
@@ -2291,9 +2309,15 @@ def connect_relay(config, host):
     delay = 0.005
     while True:
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        s.settimeout(config.connect_timeout)   # a full backlog blocks
         try:
             s.connect(sock_path)
             return s
+        except _socket.timeout:
+            s.close()
+            raise TransportError("the relay at %s accepts no connection"
+                                 % sock_path, "is it stopped? distcc.py "
+                                 "--stop ends it")
         except OSError as e:
             s.close()
             if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
@@ -2311,14 +2335,25 @@ def submit(config, host, parts):
     """Send a JOB (body PARTS) to HOST through its relay; return the RESULT
     body.
 
-    Raises TransportError, ProtocolError or Rejected."""
+    Raises TransportError (also when the relay says nothing, not even a
+    PROGRESS frame, for the connect and I/O timeouts together: a stopped
+    relay), ProtocolError or Rejected."""
+    import _socket
     s = connect_relay(config, host)
+    s.settimeout(config.connect_timeout + config.io_timeout)
     try:
-        with open(s.fileno(), "wb", closefd=False) as out:
-            write_frame(out, JOB, 0, parts)
+        s.sendall(frame_parts(JOB, 0, parts))
+        for part in parts:
+            s.sendall(part)
         s.shutdown(1)
-        with open(s.fileno(), "rb", closefd=False) as f:
-            frame = read_frame(f)
+        reader = SocketReader(s)
+        frame = read_frame(reader)
+        while frame is not None and frame[0] == PROGRESS:
+            frame = read_frame(reader)
+    except _socket.timeout:
+        raise TransportError("the relay said nothing for %d s"
+                             % s.gettimeout(), "is it stopped? distcc.py "
+                             "--stop ends it, and the next job starts one")
     except (OSError, ProtocolError) as e:
         raise RelayLost("relay connection failed: %s" % e)
     finally:
@@ -2331,6 +2366,20 @@ def submit(config, host, parts):
     if kind != RESULT:
         raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
     return body
+
+
+class SocketReader:
+    """What read_frame needs of a file, over a socket with a timeout (a
+    file object on the socket's descriptor would ignore the timeout)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def read(self, n):
+        return self.sock.recv(n)
+
+    def readinto(self, view):
+        return self.sock.recv_into(view)
 
 
 def relay_stop(config):
@@ -2881,10 +2930,10 @@ def backoff_path(config, host):
     return os.path.join(config.dir, "backoff-" + host.key())
 
 
-def backed_off(config, host):
+def backed_off(config, host, probes):
     """Whether HOST is backed off now.  When its period is over, the first
-    wrapper to ask takes the probe and is told no; the others wait for the
-    probe's verdict."""
+    wrapper to ask takes the probe (HOST is added to PROBES) and is told no;
+    the others wait for the probe's verdict."""
     import time
     path = backoff_path(config, host)
     try:
@@ -2898,6 +2947,7 @@ def backed_off(config, host):
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
+        probes.append(host)
         return False                # this job probes the host
     except FileExistsError:
         try:
@@ -2922,6 +2972,13 @@ def mark_host_failed(config, host):
         os.unlink(path + ".probe")
     except FileNotFoundError:
         pass  # no probe was running
+
+
+def release_probe(config, host):
+    try:
+        os.unlink(backoff_path(config, host) + ".probe")
+    except FileNotFoundError:
+        pass  # its period was cleared meanwhile
 
 
 def mark_host_good(config, host):
@@ -2960,8 +3017,9 @@ def compile_distributed(config, job, hosts, state):
         import random
         hosts = HostList(hosts)
         random.shuffle(hosts)
+    probes = []                     # hosts this job has the probe of
     candidates = [h for h in hosts
-                  if h.is_local or not backed_off(config, h)]
+                  if h.is_local or not backed_off(config, h, probes)]
     prepared = None
     fault = None
     relay_restarts = 0
@@ -2969,6 +3027,10 @@ def compile_distributed(config, job, hosts, state):
         state.set_phase("wait")
         slot = acquire_slot(config, candidates)
         host = slot.host
+        for other in probes:
+            if other is not host:   # let the next job probe it
+                release_probe(config, other)
+        probes = []
         try:
             if host.is_local:
                 state.set_phase("local", "localhost")
@@ -3220,8 +3282,27 @@ def wrapper_main(argv, config):
     if state is None:
         record_local_job(config, reason)
         summarize_if_idle(config)
+    hold_local_slot(config)
     exec_local(argv, reason)
     return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
+
+
+def hold_local_slot(config):
+    """With --localslots=N in the host list, wait for one of N local
+    slots and keep it open across exec: the compiler holds it until it
+    exits.  Jobs that compile here then never run more than N at once,
+    whatever make's -j (as distcc's --localslots)."""
+    try:
+        hosts = config.hosts()
+        if not hosts.local_slots:
+            return
+        directory = state_dir(config)
+    except UsageError:
+        return  # a local compile still runs; the remote path reports it
+    os.makedirs(os.path.join(directory, "slots"), mode=0o700, exist_ok=True)
+    local = Host("local", "localhost", limit=hosts.local_slots)
+    slot = acquire_slot(config, [local], "queue-local")
+    os.set_inheritable(slot.fd, True)
 
 
 def record_local_job(config, reason):

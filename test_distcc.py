@@ -860,6 +860,38 @@ class TestHosts(unittest.TestCase):
                 distcc.parse_hosts(text)
             self.assertIn(repr(text), str(cm.exception))
 
+    def test_each_slot_pool_has_its_own_files(self):
+        keys = [h.key() for h in distcc.parse_hosts(
+            "localhost/2 @localhost @a/3 me@a @a:/opt/distcc.py")]
+        keys += [distcc.Host(name, "localhost", limit=2).key()
+                 for name in ("cpp", "local")]
+        self.assertEqual(len(set(keys)), len(keys), keys)
+        # A new limit keeps the host's relay and files.
+        self.assertEqual(distcc.parse_hosts("@a/3")[0].key(),
+                         distcc.parse_hosts("@a/9")[0].key())
+
+    def test_backoff_probe_goes_to_one_job_and_comes_back(self):
+        with tempfile.TemporaryDirectory() as d:
+            config = distcc.Config({"DISTCC_DIR": d,
+                                    "DISTCC_BACKOFF_PERIOD": "60"})
+            (host,) = distcc.parse_hosts("@box")
+            self.assertFalse(distcc.backed_off(config, host, []))
+            distcc.mark_host_failed(config, host)
+            self.assertTrue(distcc.backed_off(config, host, []))
+            past = time.time() - 1          # the period is over
+            os.utime(distcc.backoff_path(config, host), (past, past))
+            first, second = [], []
+            self.assertFalse(distcc.backed_off(config, host, first))
+            self.assertEqual(first, [host])     # this job probes it
+            self.assertTrue(distcc.backed_off(config, host, second))
+            self.assertEqual(second, [])        # the others wait
+            # The prober chose another host: the next job probes instead.
+            distcc.release_probe(config, host)
+            self.assertFalse(distcc.backed_off(config, host, second))
+            self.assertEqual(second, [host])
+            distcc.mark_host_good(config, host)
+            self.assertEqual(os.listdir(d), [])
+
 # ---------------------------------------------------------------------------
 # Transport
 
@@ -1426,6 +1458,25 @@ class TestRelay(EndToEnd):
         self.assertLess(waited, 30)
         self.assertEqual(self.read("st/slow.o"), self.read("st/warm.o"))
 
+    def test_stopped_relay_times_out_and_job_compiles_locally(self):
+        self.write("sr/a.c", "int a(void) { return 1; }\n")
+        self.env.update(DISTCC_IO_TIMEOUT="1", DISTCC_CONNECT_TIMEOUT="5",
+                        DISTCC_FALLBACK="1")
+        r = self.distcc(["gcc", "-c", "sr/a.c", "-o", "sr/warm.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (relay,) = self.relay_pids()
+        os.kill(relay, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            r = self.distcc(["gcc", "-c", "sr/a.c", "-o", "sr/a.o"])
+            waited = time.monotonic() - started
+        finally:
+            os.kill(relay, signal.SIGCONT)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"the relay said nothing for 6 s", r.stderr)
+        self.assertLess(waited, 20)
+        self.assertEqual(self.read("sr/a.o"), self.read("sr/warm.o"))
+
     def test_state_dir_is_private(self):
         self.write("p.c", "int p;\n")
         r = self.distcc(["gcc", "-c", "p.c"])
@@ -1715,6 +1766,26 @@ exit $rc
             self.assertEqual(self.read("p/%s.o" % name), self.read("p/want.o"),
                              name)
         return r
+
+    def test_localslots_limits_compiles_that_run_here(self):
+        real = shutil.which("gcc")
+        log = os.path.join(self.work, "local.log")
+        self.write("lbin/gcc", "#!/bin/sh\necho \"start $$\" >> %s\n"
+                   "sleep 0.3\n%s \"$@\"\nrc=$?\necho \"end $$\" >> %s\n"
+                   "exit $rc\n" % (log, real, log))
+        os.chmod(os.path.join(self.work, "lbin/gcc"), 0o755)
+        self.write("ls/a.c", "int a;\n")
+        env = dict(self.env, DISTCC_HOSTS="--localslots=1 " + self.sshd.host())
+        procs = [subprocess.Popen(
+            [sys.executable, DISTCC_PY, os.path.join(self.work, "lbin/gcc"),
+             "-E", "ls/a.c", "-o", "ls/a%d.i" % i], cwd=self.work, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(3)]
+        for p in procs:
+            out, err = p.communicate(timeout=60)
+            self.assertEqual(p.returncode, 0, err)
+        events = self.read("local.log").decode().split()[::2]
+        self.assertEqual(events, ["start", "end"] * 3)   # one at a time
 
     def test_dead_host_first_is_tried_a_bounded_number_of_times(self):
         env = dict(self.env, DISTCC_HOSTS="%s %s" % (
@@ -2876,12 +2947,14 @@ def measure_pinned(bench):
     affinity = os.sched_getaffinity(sshd_pid)
     os.sched_setaffinity(sshd_pid, {1})   # new sessions inherit it
     try:
-        dpy_hosts = "localhost/1 @distcc-test/2:" + bench.py
+        slots = "localhost/%d" % bench.pinned_local
+        dpy_hosts = "%s @distcc-test/2:%s" % (slots, bench.py)
         dpy = make_distcc_py_env(bench, "dpy-pin", dpy_hosts)
         modes = [("local gcc", "gcc", bench.env),
                  ("distcc.py", "%s gcc" % bench.py, dpy)]
         if bench.have_distcc:
-            tcp_hosts = "localhost/1 127.0.0.1:%d/2" % start_distccd(bench, 1)
+            tcp_hosts = "%s 127.0.0.1:%d/2" % (slots,
+                                                start_distccd(bench, 1))
             modes.append(("distcc TCP", "distcc gcc", make_distcc_env(
                 bench, "dcc-ptcp", tcp_hosts)))
         walls = {mode: [] for mode, _, _ in modes}
@@ -2896,8 +2969,8 @@ def measure_pinned(bench):
     local = statistics.median(walls["local gcc"])
     print("\n== 3. Pinned: make -j%d on CPU 0, sshd and distccd on CPU 1, "
           "%d rounds: median [min-max], s ==" % (BENCH_MAKE_JOBS, bench.runs))
-    print("hosts: distcc.py '%s', distcc 'localhost/1 127.0.0.1:PORT/2'"
-          % dpy_hosts.replace(bench.py, "PATH"))
+    print("hosts: distcc.py '%s', distcc 'localhost/%d 127.0.0.1:PORT/2'"
+          % (dpy_hosts.replace(bench.py, "PATH"), bench.pinned_local))
     print("%-11s %-21s %s" % ("mode", "wall", "local/distributed"))
     for mode, _, _ in modes:
         speed_up = local / statistics.median(walls[mode])
@@ -3041,6 +3114,9 @@ def run_benchmark(argv):
                         help="rounds of every measurement (default 3)")
     parser.add_argument("--sections", default="1,2,3,4,5",
                         help="which sections to run, e.g. 1,2,3")
+    parser.add_argument("--pinned-local", type=int, default=1, metavar="N",
+                        help="localhost slots in section 3's host lists "
+                        "(default 1)")
     args = parser.parse_args(argv)
     sections = args.sections.replace(",", "")
     if not sections or set(sections) - set(BENCH_SECTIONS):
@@ -3056,7 +3132,7 @@ def run_benchmark(argv):
     started = time.monotonic()
     become_subreaper()
     bench = types.SimpleNamespace(
-        runs=args.runs, sshd=SshServer(), distcc_py_envs=[], distccds=[],
+        runs=args.runs, pinned_local=args.pinned_local, sshd=SshServer(), distcc_py_envs=[], distccds=[],
         results={}, traced=None,
         env=env_without_distcc(LC_ALL="C", DISTCC_PYTHON=sys.executable),
         root=tempfile.mkdtemp(prefix="distccpy-bench-"),
