@@ -1518,6 +1518,32 @@ class TestWrapper(EndToEnd):
         self.write("src/c.cc", CXX_LIGHT_SOURCE)
         os.makedirs(os.path.join(self.work, "obj"))
 
+    def test_warm_wrapper_imports_only_what_a_job_needs(self):
+        """Each import of json, re, socket, subprocess... costs every
+        compile 5-10 ms; a warm remote job through the launcher needs
+        none of them."""
+        python = self.write("py.sh", "#!/bin/sh\nexec %s -X importtime "
+                            "\"$@\"\n" % sys.executable)
+        os.chmod(python, 0o755)
+        env = dict(self.env, DISTCC_PYTHON=python)
+        cold = run([DISTCC_PY, "gcc", "-O2", "-c", "src/a.c", "-o",
+                    "obj/cold.o"], env=env, cwd=self.work)
+        self.assertEqual(cold.returncode, 0, cold.stderr)
+        warm = run([DISTCC_PY, "gcc", "-O2", "-c", "src/a.c", "-o",
+                    "obj/warm.o"], env=env, cwd=self.work)
+        self.assertEqual(warm.returncode, 0, warm.stderr)
+        self.assertEqual(self.trace().count("compiled on distcc-test"), 2)
+        imported = set(re.findall(r"(?m)^import time: +\d+ \| +\d+ \| +"
+                                  r"(\S+)$", warm.stderr.decode()))
+        self.assertIn("zlib", imported)          # the measurement works
+        heavy = {"json", "re", "enum", "socket", "subprocess", "shlex",
+                 "hashlib", "random", "threading", "tempfile", "shutil"}
+        self.assertEqual(imported & heavy, set())
+        # The cold job imported some of them (it forked the relay).
+        self.assertTrue(heavy & set(re.findall(
+            r"(?m)^import time: +\d+ \| +\d+ \| +(\S+)$",
+            cold.stderr.decode())))
+
     def test_c_and_cxx_objects_are_identical(self):
         matrix = [
             ["gcc", "-O2", "-c", "src/a.c", "-o", "obj/a.o"],
