@@ -10,7 +10,7 @@ __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 One program, three roles, chosen by argv:
 
     wrapper   distcc.py gcc -c foo.c -o foo.o    what the build runs
-    relay     distcc.py --relay ...              forked by the first wrapper
+    relay     (a fork, not a command)            forked by the first wrapper
               that needs a host; one per host; listens on a Unix socket in
               $DISTCC_DIR and holds one ssh session open, over which it
               multiplexes the jobs of every wrapper
@@ -21,7 +21,7 @@ One job's path:
 
     wrapper: scan argv -> preprocess here (gcc -E -fdirectives-only, which
              also writes any .d file) -> zlib -> JOB frame to the relay
-    relay:   -> the same frame, renumbered, over the ssh session
+    relay:   -> the same job, renumbered, over the ssh session
     server:  -> rebuilds the compiler command itself, compiles in a private
              temp dir -> zlib the object -> RESULT frame back
     wrapper: -> writes the object to a temp name beside the target and
@@ -42,9 +42,10 @@ Frames (all integers big-endian):
     8      4    body length, at most MAX_FRAME
     12     ...  body
 
-A JOB or RESULT body is a 4-byte length, a JSON object and the blobs whose
-sizes the object lists.  An ERROR body is a JSON object with "kind"
-("transport", "reject" or "protocol") and "message".
+A JOB or RESULT body is a 4-byte length, a metadata object and the blobs
+whose sizes the object lists.  An ERROR body is an object with "kind"
+("transport", "reject" or "protocol") and "message".  Objects are JSON on
+the ssh leg and marshal on the relay's private socket (see Framing).
 
 The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
 cpus=<n>", which the client finds even after noise from the host's shell
