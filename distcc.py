@@ -106,8 +106,10 @@ FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
                QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS"}
 PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
 
-# Level 1: preprocessed C shrinks about 4.6x at ~160 MB/s, far faster than
-# ssh can encrypt the difference.
+# Level 1, by measurement: Brotli's encode.c as sent (1.09 MB of
+# -fdirectives-only text) shrinks 3.4x at 72 MB/s on the 2-core test
+# machine; level 2 gives 3.6x at 66 MB/s, level 6 4.3x at 17 MB/s, and
+# zlib's RLE and Huffman-only strategies 1.8x and are no faster.
 COMPRESS_LEVEL = 1
 
 # A compile whose diagnostics quote project headers the host lacks is sent
