@@ -1808,6 +1808,7 @@ class Session:
         import time
         self.argv = argv
         self.state = state            # DISTCC_DIR for job phases, or None
+        self.query_timeout = connect_timeout  # a query is quick, or lost
         self.lock = threading.Lock()
         self.pending = {}             # job id -> Pending
         self.next_id = 1
@@ -1937,10 +1938,11 @@ class Session:
             self.proc.kill()
             self.proc.wait()
 
-    def call(self, kind, parts, pid=None, waiting=None):
+    def call(self, kind, parts, pid=None, waiting=None, timeout=None):
         """Send one frame and wait for its answer; return (type, body).
         PID is the wrapper's, whose phase this follows; WAITING() is called
-        every PROGRESS_INTERVAL until the answer comes.
+        every PROGRESS_INTERVAL until the answer comes.  Past TIMEOUT
+        seconds without one, the session is failed.
 
         Raises TransportError if the session dies first."""
         pending = Pending(pid)
@@ -1957,13 +1959,23 @@ class Session:
             self.fail("cannot write to ssh: %s" % e)
         if pid and self.state:
             mark_phase(self.state, pid, "compile")
-        while not pending.done.wait(PROGRESS_INTERVAL):
-            if waiting is not None:
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = PROGRESS_INTERVAL
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            if pending.done.wait(wait):
+                return pending.frame
+            if deadline is not None and time.monotonic() >= deadline:
+                # fail() answers every job in flight, this one too.
+                self.fail("no answer to a %s in %d s"
+                          % (FRAME_NAMES[kind], timeout))
+            elif waiting is not None:
                 try:
                     waiting()
                 except (OSError, ValueError):
                     waiting = None  # the wrapper is gone
-        return pending.frame
 
     def identity(self, compiler):
         """Return the host's identity string of COMPILER, asking the host
@@ -1978,7 +1990,8 @@ class Session:
                 entry = self.identities[compiler] = Pending()
         if owner:
             try:
-                kind, body = self.call(QUERY, pack_body({"compiler": compiler}))
+                kind, body = self.call(QUERY, pack_body({"compiler": compiler}),
+                                       timeout=self.query_timeout)
                 if kind == ERROR:
                     raise_error_body(body)
                 meta, _ = unpack_meta(body)

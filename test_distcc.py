@@ -1458,6 +1458,28 @@ class TestRelay(EndToEnd):
         self.assertLess(waited, 30)
         self.assertEqual(self.read("st/slow.o"), self.read("st/warm.o"))
 
+    def test_host_that_never_answers_a_query_is_left(self):
+        real = shutil.which("gcc")
+        self.write("qbin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
+                   "sleep 3;; esac\nexec %s \"$@\"\n" % real)
+        os.chmod(os.path.join(self.work, "qbin/gcc"), 0o755)
+        script = self.write("q.sh", "#!/bin/sh\nPATH=%s:$PATH\nexport PATH\n"
+                            "exec %s %s -i\n" % (
+                                os.path.join(self.work, "qbin"),
+                                sys.executable, DISTCC_PY))
+        os.chmod(script, 0o755)
+        self.write("q/a.c", "int a;\n")
+        env = dict(self.env, DISTCC_HOSTS="@distcc-test:" + script,
+                   DISTCC_CONNECT_TIMEOUT="2", DISTCC_FALLBACK="1")
+        started = time.monotonic()
+        r = self.distcc(["gcc", "-c", "q/a.c", "-o", "q/a.o"], env=env)
+        waited = time.monotonic() - started
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(b"no answer to a QUERY in 2 s", r.stderr)
+        self.assertLess(waited, 15)
+        self.assertTrue(os.path.exists(os.path.join(self.work, "q/a.o")))
+        time.sleep(max(0, 3.5 - waited))  # the host's stuck gcc -v ends
+
     def test_stopped_relay_times_out_and_job_compiles_locally(self):
         self.write("sr/a.c", "int a(void) { return 1; }\n")
         self.env.update(DISTCC_IO_TIMEOUT="1", DISTCC_CONNECT_TIMEOUT="5",
