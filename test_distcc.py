@@ -2554,7 +2554,7 @@ class TestMain(unittest.TestCase):
 # ---------------------------------------------------------------------------
 # Benchmark
 #
-# `python3 test_distcc.py --bench [-n RUNS] [--sections 1,2,3,4,5]` prints
+# `python3 test_distcc.py --bench [-n RUNS] [--sections 1,2,3,4,5,6]` prints
 # what distcc.py costs beside local gcc and, when distcc and distccd are
 # installed, beside the real distcc in TCP mode (distccd on 127.0.0.1) and
 # in ssh mode.  Everything runs on this machine with the test sshd above as
@@ -2564,7 +2564,8 @@ class TestMain(unittest.TestCase):
 # and warm; (2) make -j8 of Brotli's 31 files; (3) that build with make on
 # CPU 0 and sshd and distccd on CPU 1, each host list with a localhost slot;
 # (4) bytes on the wire per direction against the raw sizes; (5) start-up
-# of the wrapper.  It benchmarks a copy of distcc.py (sha256 printed), so
+# of the wrapper; (6) make -j32 of 256 tiny jobs with a no-op compiler on
+# the host, for the relay's load.  It benchmarks a copy of distcc.py (sha256 printed), so
 # edits to the working tree cannot change it half-way.  Each of RUNS rounds
 # runs every mode once, alternating, and the tables give median [min-max].
 # Client CPU is that of the command and the descendants it waited for
@@ -2576,7 +2577,7 @@ BENCH_CFLAGS = ["-O2", "-g"]
 BENCH_MAKE_JOBS = 8
 BENCH_JOB_TIMEOUT = 300        # seconds one compile may take
 BENCH_BUILD_TIMEOUT = 600      # seconds one make of Brotli may take
-BENCH_SECTIONS = "12345"
+BENCH_SECTIONS = "123456"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # The standard containers without <regex>: about 2-3 s of g++ -O2 -g.
@@ -3090,6 +3091,69 @@ def measure_startup(bench):
                                format_range(cpus, 1e3, 1)))
 
 
+RELAY_LOAD_JOBS = 256
+RELAY_LOAD_MAKE_JOBS = 32
+
+
+def measure_relay_load(bench):
+    """Section 6: make -j32 of many tiny jobs whose compiler on the host
+    returns at once, so that only distcc.py's own path limits the rate:
+    jobs per second, and how busy the relay is (a relay near one core
+    would be the build's bottleneck)."""
+    import statistics
+    root = os.path.join(bench.root, "relay-load")
+    os.makedirs(os.path.join(root, "bin"))
+    with open(os.path.join(root, "bin", "gcc"), "w") as f:
+        # gcc -v from the real gcc (the identity check); a compile just
+        # creates its -o file.
+        f.write('#!/bin/sh\ncase " $* " in *" -v "*) exec %s "$@";; esac\n'
+                'prev=\nfor a; do [ "$prev" = -o ] && : > "$a"; prev=$a; '
+                'done\nexit 0\n' % shutil.which("gcc"))
+    script = os.path.join(root, "host.sh")
+    with open(script, "w") as f:
+        f.write("#!/bin/sh\nPATH=%s:$PATH\nexport PATH\nexec %s %s -i\n"
+                % (os.path.join(root, "bin"), sys.executable, bench.py))
+    for path in (script, os.path.join(root, "bin", "gcc")):
+        os.chmod(path, 0o755)
+    with open(os.path.join(root, "tiny.c"), "w") as f:
+        f.write(C_SOURCE)
+    with open(os.path.join(root, "local.h"), "w") as f:
+        f.write(LOCAL_H)
+    objects = ["o/%d.o" % i for i in range(RELAY_LOAD_JOBS)]
+    with open(os.path.join(root, "Makefile"), "w") as f:
+        f.write("all: %s\no/%%.o: tiny.c\n\t@mkdir -p o\n"
+                "\t$(CC) -O2 -c tiny.c -o $@\n" % " ".join(objects))
+    env = make_distcc_py_env(bench, "dpy-load", "@distcc-test/%d:%s" % (
+        2 * RELAY_LOAD_MAKE_JOBS, script))
+    cc = "CC=%s gcc" % bench.py
+    time_command([bench.py, "gcc", "-c", "tiny.c", "-o", "warm.o"], env,
+                 root, bench.log)           # the relay starts
+    walls, cpus, relay = [], [], []
+    for _ in range(bench.runs):
+        shutil.rmtree(os.path.join(root, "o"), ignore_errors=True)
+        before = read_side_cpu(bench, env)
+        wall, cpu = time_command(["make", "-s", "-j%d" % RELAY_LOAD_MAKE_JOBS,
+                                  cc], env, root, bench.log)
+        after = read_side_cpu(bench, env)
+        walls.append(wall)
+        cpus.append(cpu / RELAY_LOAD_JOBS)
+        relay.append(sum(c - before.get(pid, 0.0)
+                         for pid, c in after.items()))
+    stop_distcc_py(bench, env)
+    print("\n== 6. Relay load: make -j%d of %d tiny jobs, the host's "
+          "compiler a no-op, %d rounds: median [min-max] ==" % (
+              RELAY_LOAD_MAKE_JOBS, RELAY_LOAD_JOBS, bench.runs))
+    print("wall %s s, %.0f jobs/s; client CPU per job %s ms (wrapper and "
+          "cpp)" % (format_range(walls, 1, 2),
+                    RELAY_LOAD_JOBS / statistics.median(walls),
+                    format_range(cpus, 1e3, 1)))
+    busy = [r / w for r, w in zip(relay, walls)]
+    print("relay, its ssh and the ControlMaster: %.1f ms of CPU per job, "
+          "busy %.0f%% of one core" % (
+              statistics.median(relay) / RELAY_LOAD_JOBS * 1e3,
+              statistics.median(busy) * 100))
+
+
 def print_summary(bench):
     """Print the ratios the issue's bar is about, from the sections run."""
     r = bench.results
@@ -3160,7 +3224,7 @@ def run_benchmark(argv):
         description="Benchmark distcc.py against local gcc and distcc.")
     parser.add_argument("-n", "--runs", type=int, default=3,
                         help="rounds of every measurement (default 3)")
-    parser.add_argument("--sections", default="1,2,3,4,5",
+    parser.add_argument("--sections", default="1,2,3,4,5,6",
                         help="which sections to run, e.g. 1,2,3")
     parser.add_argument("--pinned-local", type=int, default=1, metavar="N",
                         help="localhost slots in section 3's host lists "
@@ -3168,7 +3232,7 @@ def run_benchmark(argv):
     args = parser.parse_args(argv)
     sections = args.sections.replace(",", "")
     if not sections or set(sections) - set(BENCH_SECTIONS):
-        parser.error("--sections takes numbers from 1 to 5, e.g. 1,2,3")
+        parser.error("--sections takes numbers from 1 to 6, e.g. 1,2,3")
     if args.runs < 1:
         parser.error("-n needs at least 1")
     missing = [tool for tool in ("gcc", "g++", "make", "ssh")
@@ -3207,7 +3271,8 @@ def run_benchmark(argv):
         print("busy CPUs before: %.2f" % load_before)
         for number, measure in (("1", measure_per_job), ("2", measure_builds),
                                 ("3", measure_pinned), ("4", measure_bytes),
-                                ("5", measure_startup)):
+                                ("5", measure_startup),
+                                ("6", measure_relay_load)):
             if number in sections:
                 measure(bench)
         print_summary(bench)
