@@ -1637,6 +1637,16 @@ class TestWrapper(EndToEnd):
         self.assertSameArtifacts(
             ["gcc", "-MMD", "-MP", "-c", "src/a.c"], ["a.o", "a.d"])
 
+    def test_dependencies_output_from_the_environment(self):
+        # gcc writes these from the preprocessor, which runs here.
+        for value, depfile in (("obj/env.d", "obj/env.d"),
+                               ("obj/env2.d custom-target", "obj/env2.d")):
+            self.env["DEPENDENCIES_OUTPUT"] = value
+            self.assertSameArtifacts(
+                ["gcc", "-O2", "-c", "src/a.c", "-o", "obj/a.o"],
+                ["obj/a.o", depfile])
+            self.assertIn(b"local.h", self.read(depfile))
+
     def test_source_compiled_from_its_parent_and_S(self):
         self.assertSameArtifacts(
             ["gcc", "-O2", "-g", "-c", "a.c", "-o", "../obj/a.o"],
