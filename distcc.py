@@ -1066,6 +1066,7 @@ COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
 COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                        "0123456789_.")
+VERSION_CHARS = frozenset("0123456789.")
 
 
 def is_compiler_name(name):
@@ -1074,7 +1075,7 @@ def is_compiler_name(name):
     if not isinstance(name, str):
         return False
     parts = name.split("-")
-    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= set("0123456789."):
+    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= VERSION_CHARS:
         parts.pop()                 # the version suffix
     return parts[-1] in COMPILER_BASENAMES and \
         all(p and set(p) <= NAME_CHARS for p in parts[:-1])
@@ -1703,15 +1704,14 @@ def format_monitor(jobs, finished, now):
     """One screen of --monitor: a table of hosts by phase, the jobs, and
     the totals of FINISHED records."""
     import time
-    columns = PHASES
     lines = ["distcc.py --monitor  %s  %d job%s in flight" % (
         time.strftime("%H:%M:%S", time.localtime(now)), len(jobs),
         "s"[len(jobs) == 1:])]
-    lines.append("%-20s" % "host" + "".join("%11s" % p for p in columns))
+    lines.append("%-20s" % "host" + "".join("%11s" % p for p in PHASES))
     hosts = sorted({job["host"] for job in jobs})
     for host in hosts:
         counts = [sum(1 for j in jobs if j["host"] == host and
-                      j["phase"] == p) for p in columns]
+                      j["phase"] == p) for p in PHASES]
         lines.append("%-20s" % (host if host != "-" else "(here)") +
                      "".join("%11d" % n for n in counts))
     for job in jobs:
@@ -2991,17 +2991,14 @@ def mark_host_failed(config, host):
         f.write("%s\n" % host.spec)
     until = time.time() + config.backoff_period
     os.utime(path, (until, until))
-    try:
-        os.unlink(path + ".probe")
-    except FileNotFoundError:
-        pass  # no probe was running
+    release_probe(config, host)
 
 
 def release_probe(config, host):
     try:
         os.unlink(backoff_path(config, host) + ".probe")
     except FileNotFoundError:
-        pass  # its period was cleared meanwhile
+        pass  # no probe was running
 
 
 def mark_host_good(config, host):
@@ -3276,6 +3273,7 @@ def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     argv = [real_compiler(argv[0])] + argv[1:]
     state = None
+    hosts = None
     try:
         job = scan_args(expand_response_files(argv))
         hosts = config.hosts()
@@ -3303,25 +3301,30 @@ def wrapper_main(argv, config):
     except LocalOnly as why:
         reason = why.detail
     if state is None:
-        record_local_job(config, reason)
+        directory = record_local_job(config, reason)
         summarize_if_idle(config)
-    hold_local_slot(config)
+    else:
+        directory = state.directory
+    hold_local_slot(config, hosts, directory)
     exec_local(argv, reason)
     return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
 
 
-def hold_local_slot(config):
-    """With --localslots=N in the host list, wait for one of N local
-    slots and keep it open across exec: the compiler holds it until it
-    exits.  Jobs that compile here then never run more than N at once,
-    whatever make's -j (as distcc's --localslots)."""
-    try:
-        hosts = config.hosts()
-        if not hosts.local_slots:
-            return
-        directory = state_dir(config)
-    except UsageError:
-        return  # a local compile still runs; the remote path reports it
+def hold_local_slot(config, hosts, directory):
+    """With --localslots=N in the host list HOSTS (None: not read yet),
+    wait for one of N local slots and keep it open across exec: the
+    compiler holds it until it exits.  Jobs that compile here then never
+    run more than N at once, whatever make's -j (as distcc's --localslots).
+    DIRECTORY is the checked DISTCC_DIR, or None if it is unusable."""
+    if directory is None:
+        return
+    if hosts is None:
+        try:
+            hosts = config.hosts()
+        except UsageError:
+            return  # a local compile still runs; the remote path reports it
+    if not hosts.local_slots:
+        return
     os.makedirs(os.path.join(directory, "slots"), mode=0o700, exist_ok=True)
     local = Host("local", "localhost", limit=hosts.local_slots)
     slot = acquire_slot(config, [local], "queue-local")
@@ -3329,12 +3332,14 @@ def hold_local_slot(config):
 
 
 def record_local_job(config, reason):
-    """Add a job that compiles here without trying a host to the stats."""
+    """Add a job that compiles here without trying a host to the stats;
+    return the checked DISTCC_DIR, or None if it is unusable."""
     try:
         directory = state_dir(config)
     except UsageError:
-        return  # the remote path reports that; a local compile goes on
+        return None  # the remote path reports that; a local compile goes on
     JobState(directory, "-").finish("local", reason)
+    return directory
 
 
 def summarize_if_idle(config):

@@ -1289,6 +1289,25 @@ class EndToEnd(unittest.TestCase):
         return run([sys.executable, DISTCC_PY] + argv, env=env or self.env,
                    cwd=cwd or self.work)
 
+    def host_script(self, name, body, limit=""):
+        """A remote command: BODY (sh) then exec the server; return its
+        DISTCC_HOSTS entry, with LIMIT (e.g. "/2")."""
+        script = self.write(name + ".sh", "#!/bin/sh\n%s\nexec %s %s -i\n"
+                            % (body, sys.executable, DISTCC_PY))
+        os.chmod(script, 0o755)
+        return "@distcc-test%s:%s" % (limit, script)
+
+    def host_with_gcc(self, name, body, limit="", version=None):
+        """A host whose gcc is the sh script BODY; `gcc -v` (the identity
+        check) runs VERSION, by default the real gcc.  Returns the host's
+        DISTCC_HOSTS entry."""
+        version = version or 'exec %s "$@"' % shutil.which("gcc")
+        gcc = self.write(name + "-bin/gcc", "#!/bin/sh\ncase \" $* \" in "
+                         "*\" -v \"*) %s;; esac\n%s\n" % (version, body))
+        os.chmod(gcc, 0o755)
+        return self.host_script(name, "PATH=%s:$PATH; export PATH"
+                                % os.path.dirname(gcc), limit)
+
     def local(self, argv, cwd=None):
         return run(argv, cwd=cwd or self.work, env=self.env)
 
@@ -1459,18 +1478,11 @@ class TestRelay(EndToEnd):
         self.assertEqual(self.read("st/slow.o"), self.read("st/warm.o"))
 
     def test_host_that_never_answers_a_query_is_left(self):
-        real = shutil.which("gcc")
-        self.write("qbin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
-                   "sleep 3;; esac\nexec %s \"$@\"\n" % real)
-        os.chmod(os.path.join(self.work, "qbin/gcc"), 0o755)
-        script = self.write("q.sh", "#!/bin/sh\nPATH=%s:$PATH\nexport PATH\n"
-                            "exec %s %s -i\n" % (
-                                os.path.join(self.work, "qbin"),
-                                sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
+        host = self.host_with_gcc(
+            "q", 'exec %s "$@"' % shutil.which("gcc"), version="sleep 3")
         self.write("q/a.c", "int a;\n")
-        env = dict(self.env, DISTCC_HOSTS="@distcc-test:" + script,
-                   DISTCC_CONNECT_TIMEOUT="2", DISTCC_FALLBACK="1")
+        env = dict(self.env, DISTCC_HOSTS=host, DISTCC_CONNECT_TIMEOUT="2",
+                   DISTCC_FALLBACK="1")
         started = time.monotonic()
         r = self.distcc(["gcc", "-c", "q/a.c", "-o", "q/a.o"], env=env)
         waited = time.monotonic() - started
@@ -1907,13 +1919,6 @@ class TestFaults(EndToEnd):
         EndToEnd.setUp(self)
         self.env.update(DISTCC_FALLBACK="1", DISTCC_BACKOFF_PERIOD="0.5")
 
-    def host_script(self, name, body):
-        """A remote command: BODY (sh) then exec the server."""
-        script = self.write(name + ".sh", "#!/bin/sh\n%s\nexec %s %s -i\n"
-                            % (body, sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
-        return "@distcc-test:%s" % script
-
     def compile_while(self, name, action, env=None, trigger="send "):
         """Compile f/NAME.c in the background, run ACTION once the trace
         shows TRIGGER, and return (process result, stderr)."""
@@ -1974,12 +1979,7 @@ class TestFaults(EndToEnd):
         self.assertNothingLeftBehind()
 
     def test_compiler_killed_on_host(self):
-        bindir = os.path.join(self.work, "killbin")
-        self.write("killbin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
-                   "exec /usr/bin/gcc \"$@\";; esac\nkill -9 $$\n")
-        os.chmod(os.path.join(bindir, "gcc"), 0o755)
-        self.env["DISTCC_HOSTS"] = self.host_script(
-            "kill", "PATH=%s:$PATH; export PATH" % bindir)
+        self.env["DISTCC_HOSTS"] = self.host_with_gcc("kill", "kill -9 $$")
         self.write("f/k.c", self.SLOW % 0)
         r = self.distcc(["gcc", "-O1", "-c", "f/k.c", "-o", "f/k.o"])
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -2198,23 +2198,10 @@ class TestIntegrations(EndToEnd):
         self.write("proj/g.cc", "#include <string>\nstd::string g() "
                    "{ return \"g\"; }\n")
 
-    def slow_host(self, seconds):
-        """A remote command whose gcc sleeps SECONDS before each compile,
-        so that --monitor can see jobs on the host."""
-        real = shutil.which("gcc")
-        self.write("slow-bin/gcc", "#!/bin/sh\ncase \" $* \" in *\" -v \"*) "
-                   "exec %s \"$@\";; esac\nsleep %s\nexec %s \"$@\"\n"
-                   % (real, seconds, real))
-        os.chmod(os.path.join(self.work, "slow-bin/gcc"), 0o755)
-        script = self.write("slow.sh", "#!/bin/sh\nPATH=%s:$PATH\nexport "
-                            "PATH\nexec %s %s -i\n" % (
-                                os.path.join(self.work, "slow-bin"),
-                                sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
-        return "@distcc-test/2:%s" % script
-
     def test_monitor_stats_and_summary_of_a_parallel_build(self):
-        env = dict(self.env, DISTCC_HOSTS=self.slow_host(1))
+        # The host's gcc sleeps 1 s a compile, so --monitor sees jobs there.
+        env = dict(self.env, DISTCC_HOSTS=self.host_with_gcc(
+            "slow", 'sleep 1\nexec %s "$@"' % shutil.which("gcc"), "/2"))
         self.write("proj/main.c", "int f0(void), f1(void), f2(void), "
                    "f3(void);\nint main(void) { return f0() + f1() + f2() "
                    "+ f3(); }\n")
