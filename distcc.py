@@ -1,10 +1,31 @@
 #!/bin/sh
-# Run by sh, this line starts Python on the cached bytecode of this file
-# (compiling 3,000 lines for every compile costs more than the job's I/O),
-# without site (-S: this file needs no site-packages, and a site with .pth
-# files can cost 70 ms per start) and without the cyclic garbage collector,
-# which the long-lived roles turn back on (see launch()).
-''''exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import importlib.machinery as im, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; im.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
+# Run by sh.  On Linux a compile first asks the warm process of its
+# DISTCC_DIR, if one runs (see "Warm start" below): then no Python starts
+# here at all.  Otherwise the exec line starts Python on the cached bytecode
+# of this file (compiling 3,000 lines for every compile costs more than the
+# job's I/O), without site (-S: this file needs no site-packages, and a site
+# with .pth files can cost 70 ms per start) and without the cyclic garbage
+# collector, which the long-lived roles turn back on (see launch()).
+'''':
+case ${DISTCC_WARM-1}/${0##*/}/$1 in 0/*|*/distcc*/-*|*/distcc*/) ;; *)
+  d=${DISTCC_DIR:-$HOME/.distcc}
+  # Alive: not a zombie, and the same start time (field 22), not a new
+  # process under a reused pid.
+  alive() { t=$2; set -- ${1##*) }; case $1 in [ZXx]*) return 1;; esac
+            [ "${20}" = "$t" ]; }
+  if [ -p "$d/warm/in" ] && read -r p t 2>/dev/null <"$d/warm.lock" &&
+      read -r s 2>/dev/null <"/proc/$p/stat" && alive "$s" "$t" &&
+      mkfifo -m 600 "$d/warm/r.$$" 2>/dev/null
+  then
+    trap '' PIPE
+    if echo "$$ $#" 2>/dev/null >>"$d/warm/in"; then
+      read -r s <"$d/warm/r.$$"
+      case $s in [0-9]*) exit "$s";; L) export DISTCC_WARM_LOCAL=1;; esac
+    fi
+    trap - PIPE
+  fi;;
+esac
+exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import importlib.machinery as im, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; im.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:
@@ -129,6 +150,8 @@ ENV_BACKOFF_PERIOD = "DISTCC_BACKOFF_PERIOD"
 ENV_IO_TIMEOUT = "DISTCC_IO_TIMEOUT"
 ENV_SKIP_LOCAL_RETRY = "DISTCC_SKIP_LOCAL_RETRY"
 ENV_SAVE_TEMPS = "DISTCC_SAVE_TEMPS"
+ENV_WARM = "DISTCC_WARM"
+ENV_WARM_LOCAL = "DISTCC_WARM_LOCAL"  # set by the launcher, never by users
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
@@ -805,27 +828,70 @@ def preprocess_argv(job):
     return [job.compiler] + job.cpp_args + mode + lang + [job.source]
 
 
-def strip_builtins(text):
+def strip_builtins(text, final=True):
     """Drop gcc's '<built-in>' #define block from the head of TEXT.
 
     The host's compiler defines the same built-ins itself and would warn
     that they are redefined.  The block follows the line markers that name
     the source and (with -g) the working directory.  Returns a list of
-    buffers (no copy)."""
+    buffers (no copy), or None when TEXT is only the start of the output
+    (not FINAL) and may end inside the block."""
     marker = b'# 0 "<built-in>"\n'
     start = text.find(marker, 0, 8192)
-    if start < 0 or any(not line.startswith(b"# ")
-                        for line in text[:start].splitlines()):
+    if start < 0:
+        return [text] if final or len(text) >= 8192 + len(marker) else None
+    if any(not line.startswith(b"# ")
+           for line in text[:start].splitlines()):
         return [text]
     pos = start
     while text.startswith(marker, pos):
         end = text.find(b"\n", pos + len(marker))
+        if end < 0 and not final:
+            return None
         if end < 0 or not text.startswith(b"#define ", pos + len(marker)):
             break
         pos = end + 1
+    if pos + len(marker) > len(text) and not final:
+        return None                  # the next marker may be on its way
     view = memoryview(text)
     return [view[:start], view[pos:]]
 
+
+class Packer:
+    """Takes the preprocessor's output as it arrives: drops the built-in
+    block (see strip_builtins) and compresses the rest at once, so that
+    compression overlaps the preprocessor instead of following it."""
+
+    def __init__(self, strip):
+        self.head = b"" if strip else None   # output until the block ends
+        self.squeeze = zlib.compressobj(COMPRESS_LEVEL)
+        self.parts = []              # what is sent, uncompressed
+        self.packed = []             # the same, compressed
+
+    def feed(self, chunk):
+        if self.head is not None:
+            self.head += chunk
+            parts = strip_builtins(self.head, final=False)
+            if parts is None:
+                return
+            self.head = None
+            for part in parts:
+                self.add(part)
+        else:
+            self.add(chunk)
+
+    def add(self, part):
+        self.parts.append(part)
+        self.packed.append(self.squeeze.compress(part))
+
+    def finish(self):
+        """Return (parts, compressed bytes) once the output has ended."""
+        if self.head is not None:
+            for part in strip_builtins(self.head):
+                self.add(part)
+            self.head = None
+        self.packed.append(self.squeeze.flush())
+        return self.parts, b"".join(self.packed)
 
 # ---------------------------------------------------------------------------
 # Hosts
@@ -2425,6 +2491,522 @@ def relay_stop(config):
     return stopped
 
 # ---------------------------------------------------------------------------
+# Warm start
+#
+# A wrapper is a fresh Python: 12 ms of interpreter start and 5 ms of module
+# load before the preprocessor even starts, most of what a small job costs
+# beyond a local compile.  On Linux, a warm process per DISTCC_DIR takes
+# that away.  The sh launcher writes "PID NARGS" into the FIFO
+# $DISTCC_DIR/warm/in and reads one line from its own FIFO warm/r.PID.  The
+# warm process forks a child that takes the argv, environment, working
+# directory, umask and output streams of that sh process from /proc, runs
+# the wrapper as the launcher would, and answers: the exit status, "L"
+# (compile here: the launcher runs the ordinary wrapper, which goes
+# straight to the local compiler), or "P" (nothing was done: run the
+# ordinary wrapper).  Whatever a child cannot reproduce exactly answers
+# "P": output into a file without O_APPEND (the sh's file offset cannot be
+# shared), a distcc.py that changed on disk, a process that is not ours.
+#
+# A sh does not wait for a dead warm process: it checks the pid and the
+# start time in warm.lock first (a zombie or a reused pid is dead), and
+# the child holds the reply FIFO open (its death is EOF).  Only a warm
+# process killed in the microseconds between that check and the request
+# leaves a sh waiting, until the next warm process starts: it answers
+# whoever still waits in the old directory.
+# When the sh dies first (make interrupted), the child ends without
+# writing the object: an object written late could look newer than a
+# source edited after the interrupt.
+#
+# Offers the wrapper start_warm() and the Warm state it consults, and
+# main dispatch warm_serve().
+
+WARM_DIR = "warm"                    # in DISTCC_DIR: "in" and "r.PID"
+WARM_LOCK = "warm.lock"              # flock, "PID START-TIME"
+WARM_ROLE = "--warm-serve"           # argv of the warm process
+WARM_DRAIN = 0.5                     # seconds a retiring warm process
+                                     # still answers requests on their way
+
+
+class Warm:
+    """What a wrapper that runs in a warm child (see Warm start) does
+    differently; an ordinary wrapper leaves it as it is."""
+
+    child = False                    # True in a child serving one job
+    client = None                    # the pid of the sh it serves
+    pidfd = None                     # a pidfd of that sh, where there is one
+    reply = None                     # the path of the sh's reply FIFO
+    temp = None                      # the temp file write_output may leave
+
+    @classmethod
+    def client_gone(cls):
+        """Whether the sh this warm child serves has died (always False
+        in an ordinary wrapper)."""
+        if not cls.child:
+            return False
+        if cls.pidfd is not None:
+            import select
+            return bool(select.select([cls.pidfd], [], [], 0)[0])
+        try:
+            with open("/proc/%d/stat" % cls.client, "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except (OSError, IndexError):
+            return True
+
+
+class WarmLocal(BaseException):
+    """Raised in a warm child instead of exec'ing the local compiler.  A
+    BaseException, so that main's error handling lets it through."""
+
+
+def warm_paths(directory):
+    """Return (warm dir, request FIFO, lock path) in DISTCC_DIR."""
+    wdir = os.path.join(directory, WARM_DIR)
+    return wdir, os.path.join(wdir, "in"), os.path.join(directory, WARM_LOCK)
+
+
+def start_warm(config, directory):
+    """Start the warm process of DISTCC_DIR unless one runs (Linux only;
+    DISTCC_WARM=0 turns it off).  Costs a stat, and a spawn once."""
+    if Warm.child or not sys.platform.startswith("linux") or \
+            os.environ.get(ENV_WARM, "1") == "0":
+        return
+    _, fifo, lock = warm_paths(directory)
+    if os.path.exists(fifo) and read_warm_lock(lock):
+        return                       # it runs
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        # Through the launcher, as any role; its own session, so that the
+        # build's ^C is not its.
+        os.posix_spawn("/bin/sh", ["sh", sys.modules[__name__].__file__,
+                                   WARM_ROLE], os.environ,
+                       file_actions=[(os.POSIX_SPAWN_DUP2, null, fd)
+                                     for fd in (0, 1, 2)], setsid=True)
+    except OSError as e:
+        trace("cannot start the warm process: %s" % e.strerror)
+    finally:
+        os.close(null)
+
+
+def warm_serve(config, run_job):
+    """Be the warm process: fork a child per request, which calls
+    RUN_JOB(argv, invoked_as) as the launcher would.  Ends after
+    DISTCC_RELAY_TIMEOUT idle seconds, on SIGTERM, or when this file
+    changes on disk."""
+    import fcntl
+    import select
+    import signal
+    import time
+    Log.role = "warm"
+    directory = state_dir(config)
+    wdir, fifo, lock = warm_paths(directory)
+    lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return 0                     # another one runs or is starting
+    close_other_fds({lock_fd})
+    if os.path.lexists(wdir):        # left by a warm process that died
+        drain_warm_dir(take_warm_dir(wdir), {})
+    # Build the directory aside and rename it: a sh sees all or nothing.
+    fresh = "%s.new.%d" % (wdir, os.getpid())
+    os.mkdir(fresh, 0o700)
+    os.mkfifo(os.path.join(fresh, "in"), 0o600)
+    in_fd = os.open(os.path.join(fresh, "in"), os.O_RDWR | os.O_NONBLOCK)
+    os.rename(fresh, wdir)
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, b"%d %d\n" % (os.getpid(), process_start(os.getpid())))
+    program = sys.modules[__name__].__file__
+    identity = file_identity(program)
+    import _socket  # noqa: F401  what a wrapper imports on its way
+    import termios  # noqa: F401
+    # SIGCHLD and SIGTERM wake the select through this pipe: children
+    # are reaped at once (their CPU time is ours as soon as they end).
+    wake_r, wake_w = os.pipe()
+    for fd in (wake_r, wake_w):
+        os.set_blocking(fd, False)
+    signal.set_wakeup_fd(wake_w)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    trace("warm process for %s listening on %s" % (directory, fifo))
+    children = {}                    # sh pid -> WarmChild
+    pending = b""
+    idle_since = time.monotonic()
+    try:
+        while not stop:
+            watched = [c.pidfd for c in children.values()
+                       if c.pidfd is not None]
+            ready = select.select([in_fd, wake_r] + watched, [], [],
+                                  1.0)[0]
+            if wake_r in ready:
+                os.read(wake_r, 4096)
+            watch_warm_children(children)
+            if in_fd not in ready:
+                if not children and time.monotonic() - idle_since > \
+                        config.relay_timeout:
+                    break
+                continue
+            idle_since = time.monotonic()
+            pending += os.read(in_fd, 65536)
+            if file_identity(program) != identity:
+                trace("%s changed on disk: the warm process ends" % program)
+                break
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                serve_warm_request(wdir, line, run_job, children,
+                                   (in_fd, lock_fd, wake_r, wake_w))
+    finally:
+        dead = take_warm_dir(wdir)
+        os.close(in_fd)
+        os.ftruncate(lock_fd, 0)
+        os.close(lock_fd)            # a new warm process may start now
+        drain_warm_dir(dead, children)
+        trace("warm process for %s exits" % directory)
+    return 0
+
+
+class WarmChild:
+    """A child of the warm process, and the sh it serves."""
+
+    def __init__(self, sh, pid, pidfd):
+        self.sh = sh                 # the sh's pid
+        self.pid = pid               # the child's pid (and process group)
+        self.pidfd = pidfd           # a pidfd of the sh, or None
+
+
+def watch_warm_children(children):
+    """Reap the children that ended (waitpid, not SIG_IGN, so that their
+    CPU time counts as ours), and end the process group of each child
+    whose sh has died first: make was interrupted."""
+    import signal
+    while children:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            pid = None
+        for sh, c in list(children.items()):
+            if c.pid == pid or pid is None:
+                del children[sh]
+                if c.pidfd is not None:
+                    os.close(c.pidfd)
+        if not pid:
+            break
+    for sh, c in list(children.items()):
+        if not process_gone(sh, c.pidfd):
+            continue
+        try:
+            os.killpg(c.pid, signal.SIGTERM)
+        except OSError:
+            pass  # it ended meanwhile
+        if c.pidfd is not None:
+            os.close(c.pidfd)
+            c.pidfd = None           # reaped by a later call
+
+
+def process_gone(pid, pidfd):
+    """Whether process PID has ended (PIDFD: a pidfd of it, or None)."""
+    if pidfd is not None:
+        import select
+        return bool(select.select([pidfd], [], [], 0)[0])
+    try:
+        os.kill(pid, 0)
+        return False
+    except OSError:
+        return True
+
+
+def process_start(pid):
+    """The start time of process PID (field 22 of /proc/PID/stat), which
+    tells it from a later process with the same pid; None if it is gone
+    or a zombie."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] in (b"Z", b"X", b"x") else int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def read_warm_lock(lock):
+    """Return the pid of the warm process that runs according to its
+    lockfile LOCK, or None."""
+    try:
+        with open(lock, "rb") as f:
+            pid, start = (int(w) for w in f.read().split())
+    except (OSError, ValueError):
+        return None
+    return pid if pid > 0 and process_start(pid) == start else None
+
+
+def file_identity(path):
+    """What changes when PATH is replaced or edited (None if missing)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def parse_warm_request(line):
+    """Return (sh pid, its number of arguments) of a request line, or
+    None if it is malformed."""
+    words = line.split()
+    if len(words) != 2 or not all(w.isdigit() for w in words):
+        return None
+    pid, nargs = int(words[0]), int(words[1])
+    return (pid, nargs) if pid > 1 else None
+
+
+def serve_warm_request(wdir, line, run_job, children, close_in_child):
+    """Fork the child that serves request LINE (see Warm start)."""
+    import signal
+    import stat
+    request = parse_warm_request(line)
+    if request is None:
+        return
+    pid, nargs = request
+    reply = os.path.join(wdir, "r.%d" % pid)
+    try:
+        # O_RDWR never blocks on a FIFO, and the sh's open then finds a
+        # writer at once.
+        fd = os.open(reply, os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
+    except OSError:
+        return                       # the sh gave up
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = None                 # Python 3.8, a kernel before 5.3
+    try:
+        child = os.fork()
+    except OSError:
+        answer_warm(fd, reply, pid, b"P")
+        if pidfd is not None:
+            os.close(pidfd)
+        return
+    if child:
+        os.close(fd)
+        children[pid] = WarmChild(pid, child, pidfd)
+        return
+    try:
+        answer = b"P"
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for other in close_in_child:
+                os.close(other)
+            os.setpgid(0, 0)         # its compilers end with it
+            Warm.client, Warm.pidfd, Warm.reply = pid, pidfd, reply
+            signal.signal(signal.SIGTERM, abandon_warm_job)
+            if wait_for_reader(pid, os.fstat(fd)):
+                answer = run_warm_job(pid, nargs, run_job)
+        except BaseException as e:  # noqa: BLE001  the sh gets its line
+            trace("warm start for pid %d: %r" % (pid, e))
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # the build's pipe is gone, and so is the sh
+        answer_warm(fd, reply, pid, answer)
+    finally:
+        os._exit(0)                  # never back into the warm loop
+
+
+def wait_for_reader(pid, fifo):
+    """Wait until the sh PID reads its reply FIFO (stat FIFO) on its
+    stdin; return False if it never does.  Until then its descriptors
+    may be the launcher's redirections, not the build's."""
+    import time
+    deadline = time.monotonic() + 10.0
+    delay = 0.0001
+    while time.monotonic() < deadline:
+        try:
+            st = os.stat("/proc/%d/fd/0" % pid)
+            if (st.st_dev, st.st_ino) == (fifo.st_dev, fifo.st_ino):
+                return True
+            os.kill(pid, 0)
+        except OSError:
+            return False             # gone
+        time.sleep(delay)
+        delay = min(delay * 2, 0.01)
+    return False
+
+
+def abandon_warm_job(*_):
+    """SIGTERM in a warm child: its sh has died.  End at once with the
+    compilers of its process group, leaving no file behind.  (Not by an
+    exception: one raised while the child answers could unwind into the
+    warm process's own loop.)"""
+    import signal
+    for path in (Warm.temp, Warm.reply):
+        try:
+            os.unlink(path)
+        except (OSError, TypeError):
+            pass  # not there (any more)
+    os.killpg(0, signal.SIGKILL)
+
+
+def run_warm_job(pid, nargs, run_job):
+    """In a warm child: become the sh process PID and run its job; return
+    the answer (see Warm start)."""
+    proc = "/proc/%d" % pid
+    if os.stat(proc).st_uid != os.getuid():
+        return b"P"
+    with open(proc + "/cmdline", "rb") as f:
+        words = f.read().split(b"\0")[:-1]
+    with open(proc + "/environ", "rb") as f:
+        environ = [w.partition(b"=") for w in f.read().split(b"\0") if w]
+    with open(proc + "/status", "rb") as f:
+        umask = [line.split()[1] for line in f if line.startswith(b"Umask:")]
+    if len(words) < nargs + 2 or not umask:
+        return b"P"
+    fd = os.open(proc + "/cwd", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fchdir(fd)
+    finally:
+        os.close(fd)
+    invoked_as = os.fsdecode(words[len(words) - nargs - 1])
+    argv = [os.fsdecode(w) for w in words[len(words) - nargs:]]
+    if file_identity(os.path.realpath(invoked_as)) != \
+            file_identity(sys.modules[__name__].__file__):
+        return b"P"                  # another copy of distcc.py
+    if not (reopen_stream(proc, 1) and reopen_stream(proc, 2)):
+        return b"P"
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.umask(int(umask[0], 8))
+    os.environ.clear()
+    for key, _, value in environ:
+        os.environ[os.fsdecode(key)] = os.fsdecode(value)
+    Warm.child = True
+    Log.role = "wrapper"
+    try:
+        status = run_job(argv, invoked_as)
+    except WarmLocal:
+        return b"L"
+    return b"%d" % ((status or 0) & 0xFF)
+
+
+def reopen_stream(proc, fd):
+    """Make our descriptor FD what the sh's FD is; False where opening it
+    again would not give the same stream (a file without O_APPEND, whose
+    offset we cannot share; a socket; a pipe nobody reads)."""
+    import stat
+    path = "%s/fd/%d" % (proc, fd)
+    flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK
+    try:
+        st = os.stat(path)
+        if stat.S_ISREG(st.st_mode):
+            with open("%s/fdinfo/%d" % (proc, fd), "rb") as f:
+                info = dict(line.split(b":", 1) for line in f if b":" in line)
+            if not int(info[b"flags"], 8) & os.O_APPEND:
+                return False
+            flags |= os.O_APPEND
+        elif stat.S_ISSOCK(st.st_mode):
+            return False
+        new = os.open(path, flags)
+    except (OSError, KeyError, ValueError):
+        return False
+    os.set_blocking(new, True)
+    os.dup2(new, fd)
+    os.close(new)
+    return True
+
+
+def answer_warm(fd, reply, pid, answer):
+    """Write ANSWER to the reply FIFO FD and hold it open until the sh
+    PID has read it (a FIFO nobody holds open drops its data), then
+    remove REPLY and its child marker."""
+    import fcntl
+    import termios
+    import time
+    try:
+        os.write(fd, answer + b"\n")
+        unread = bytearray(4)
+        deadline = time.monotonic() + 60.0
+        while time.monotonic() < deadline:
+            fcntl.ioctl(fd, termios.FIONREAD, unread)
+            if not any(unread):
+                break                # read
+            os.kill(pid, 0)          # OSError: the sh is gone
+            time.sleep(0.0005)
+    except OSError:
+        pass  # nothing more to do for a sh that is gone
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(reply)
+        except OSError:
+            pass  # the watchdog or a retiring warm process removed it
+
+
+def warm_stop(config):
+    """Stop the warm process of DISTCC_DIR, if one runs; return 1 if it
+    did, else 0."""
+    import signal
+    pid = read_warm_lock(warm_paths(config.dir)[2])
+    try:
+        os.kill(pid, signal.SIGTERM)
+        return 1
+    except (OSError, TypeError):
+        return 0                     # none runs
+
+
+def take_warm_dir(wdir):
+    """Rename WDIR aside, so that no sh finds it any more; return the new
+    name (None if there was nothing to take)."""
+    dead = "%s.dead.%d" % (wdir, os.getpid())
+    try:
+        os.rename(wdir, dead)
+    except OSError:
+        return None
+    return dead
+
+
+def drain_warm_dir(dead, children):
+    """Answer "P" for WARM_DRAIN seconds to the requests still on their
+    way into the retired directory DEAD, and to every sh that waits
+    there without a child of CHILDREN (sh pid -> child pid) to answer
+    it; then remove DEAD."""
+    import select
+    import shutil
+    import time
+    if dead is None:
+        return
+    try:
+        # A sh whose open of "in" blocks (its warm process died) gets in.
+        in_fd = os.open(os.path.join(dead, "in"), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        in_fd = None
+    answered = set(children)
+    deadline = time.monotonic() + WARM_DRAIN
+    while time.monotonic() < deadline:
+        if in_fd is not None and \
+                select.select([in_fd], [], [], 0.05)[0]:
+            os.read(in_fd, 65536)    # their r.PID is all that matters
+        else:
+            time.sleep(0.05)
+        for name in os.listdir(dead):
+            pid = name[2:]
+            if not name.startswith("r.") or not pid.isdigit() or \
+                    int(pid) in answered:
+                continue
+            answered.add(int(pid))
+            try:
+                fd = os.open(os.path.join(dead, name),
+                             os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
+            except OSError:
+                continue
+            answer_warm(fd, os.path.join(dead, name), int(pid), b"P")
+    if in_fd is not None:
+        os.close(in_fd)
+    shutil.rmtree(dead, ignore_errors=True)
+
+# ---------------------------------------------------------------------------
 # Wrapper
 #
 # What the build runs: scan, preprocess, submit, write the object.  Every
@@ -2529,10 +3111,11 @@ def exec_local(argv, reason):
                          "is the compiler installed and on PATH?")
 
 
-def spawn(path, argv, capture=False):
+def spawn(path, argv, capture=False, sink=None):
     """Run program PATH with ARGV and wait; return its exit status (minus
     the signal number if killed), or with CAPTURE (stdin from /dev/null)
-    (stdout, stderr, status).
+    (stdout, stderr, status).  SINK, if given, is called with each piece
+    of stdout as it comes, and the stdout returned is empty.
 
     posix_spawn, not subprocess: importing subprocess would cost the
     wrapper 10 ms per compile."""
@@ -2561,7 +3144,9 @@ def spawn(path, argv, capture=False):
         while open_fds:
             for fd in select.select(open_fds, [], [])[0]:
                 data = os.read(fd, 1 << 20)
-                if data:
+                if data and sink and fd == out_r:
+                    sink(data)
+                elif data:
                     output[fd].append(data)
                 else:
                     open_fds.remove(fd)
@@ -2580,22 +3165,30 @@ def exit_status(wait_status):
     return os.WEXITSTATUS(wait_status)
 
 
-def preprocess(job, compiler_path):
-    """Run the local preprocessor; return (text, stderr, status)."""
+def preprocess(job, compiler_path, sink):
+    """Run the local preprocessor, its output going to SINK as it comes;
+    return (stderr, status)."""
     argv = preprocess_argv(job)
     trace("preprocess: %s" % " ".join(argv))
-    return spawn(compiler_path, argv, capture=True)
+    _, err, status = spawn(compiler_path, argv, capture=True, sink=sink)
+    return err, status
 
 
 def write_output(path, data):
-    """Write DATA to PATH atomically: a temp name beside it, then rename."""
+    """Write DATA to PATH atomically: a temp name beside it, then rename.
+
+    A warm child whose build has gone (make interrupted) writes nothing:
+    raises SystemExit instead."""
     d = os.path.dirname(path) or "."
     tmp = os.path.join(d, ".%s.%d.%s.tmp" % (
         os.path.basename(path), os.getpid(), os.urandom(3).hex()))
+    Warm.temp = tmp
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        if Warm.client_gone():
+            raise SystemExit(1)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -2603,6 +3196,8 @@ def write_output(path, data):
         except OSError:
             pass  # never created or already renamed
         raise
+    finally:
+        Warm.temp = None
 
 
 def expand_response_files(argv, depth=0):
@@ -2700,22 +3295,20 @@ def prepare_job(job, save_temps=False):
     compiler_path = find_program(job.compiler)
     if compiler_path is None:
         raise LocalOnly("compiler %s not found here" % job.compiler)
+    packer = Packer(strip=job.lang not in PREPROCESSED_LANGS)
     if job.lang in PREPROCESSED_LANGS:
         with open(job.source, "rb") as f:
-            parts = [f.read()]
+            packer.feed(f.read())
         cpp_err = b""
     else:
-        text, cpp_err, status = preprocess(job, compiler_path)
+        cpp_err, status = preprocess(job, compiler_path, packer.feed)
         if status != 0:
             # The local compile prints the full story of a failed
             # preprocessing; let it.
             raise LocalOnly("preprocessing failed")
-        parts = strip_builtins(text)
+    parts, packed = packer.finish()
     if save_temps:
         save_preprocessed(job, parts)
-    squeeze = zlib.compressobj(COMPRESS_LEVEL)
-    packed = b"".join([squeeze.compress(p) for p in parts] +
-                      [squeeze.flush()])
     raw = sum(len(p) for p in parts)
     if compiler_family(job.compiler) == "gcc" and \
             job.lang not in PREPROCESSED_LANGS:
@@ -3272,6 +3865,12 @@ def check_probe_compile(session, say):
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     argv = [real_compiler(argv[0])] + argv[1:]
+    if Warm.child:
+        trace("warm start for pid %d" % Warm.client)
+    if os.environ.pop(ENV_WARM_LOCAL, None) == "1":
+        # A warm child decided, and counted, this job: compile it here.
+        hold_local_slot(config, None, record_local_job(config, None))
+        exec_local(argv, "as the warm start decided")
     state = None
     hosts = None
     try:
@@ -3288,6 +3887,7 @@ def wrapper_main(argv, config):
                 os.makedirs(os.path.join(directory, sub), mode=0o700,
                             exist_ok=True)
         state = JobState(directory, job.source)
+        start_warm(config, directory)
         try:
             return compile_distributed(config, job, hosts, state)
         except LocalOnly as why:
@@ -3305,6 +3905,8 @@ def wrapper_main(argv, config):
         summarize_if_idle(config)
     else:
         directory = state.directory
+    if Warm.child:
+        raise WarmLocal()           # the launcher runs the local compile
     hold_local_slot(config, hosts, directory)
     exec_local(argv, reason)
     return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
@@ -3332,13 +3934,15 @@ def hold_local_slot(config, hosts, directory):
 
 
 def record_local_job(config, reason):
-    """Add a job that compiles here without trying a host to the stats;
-    return the checked DISTCC_DIR, or None if it is unusable."""
+    """Add a job that compiles here without trying a host to the stats
+    (unless REASON is None: counted already); return the checked
+    DISTCC_DIR, or None if it is unusable."""
     try:
         directory = state_dir(config)
     except UsageError:
         return None  # the remote path reports that; a local compile goes on
-    JobState(directory, "-").finish("local", reason)
+    if reason is not None:
+        JobState(directory, "-").finish("local", reason)
     return directory
 
 
@@ -3477,10 +4081,13 @@ def main(argv=None, invoked_as=None):
                                                   for h in hosts)))
             return 0
         if argv[0] == "--stop":
+            warm_stop(config)
             n = relay_stop(config)
             sys.stdout.write("stopped %d relay%s\n" % (n, "" if n == 1
                                                         else "s"))
             return 0
+        if argv[0] == WARM_ROLE:
+            return warm_serve(config, main)
         if argv[0].startswith("-"):
             raise UsageError("unknown option %s" % argv[0],
                              "see distcc.py --help")

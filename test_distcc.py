@@ -794,6 +794,40 @@ class TestScanArgs(unittest.TestCase):
         self.assertEqual(b"".join(bytes(p) for p in
                                   distcc.strip_builtins(plain)), plain)
 
+    def test_packer_streams_what_strip_builtins_gives(self):
+        """The preprocessor's output arrives in pieces of any size; what
+        is sent (and its compressed form) must not depend on them."""
+        if not HAVE_GCC:
+            self.skipTest("gcc is not installed")
+        with tempfile.TemporaryDirectory() as d:
+            for name, text in (("a.c", C_SOURCE), ("local.h", LOCAL_H)):
+                with open(os.path.join(d, name), "w") as f:
+                    f.write(text)
+            real = run(["gcc", "-g", "-E", "-fdirectives-only", "a.c"],
+                       cwd=d).stdout
+        self.assertIn(b'"<built-in>"', real)
+        texts = [real, b'# 0 "a.c"\n# 0 "<built-in>"\n#define A 1\n',
+                 b'# 1 "a.c"\nint y;\n', b"x" * 20000, b""]
+        for text in texts:
+            whole = b"".join(bytes(p) for p in distcc.strip_builtins(text))
+            for size in (1 if len(text) < 1000 else 61, 7, 4096, 1 << 20):
+                with self.subTest(length=len(text), size=size):
+                    packer = distcc.Packer(strip=True)
+                    for i in range(0, len(text), size):
+                        packer.feed(text[i:i + size])
+                    parts, packed = packer.finish()
+                    self.assertEqual(b"".join(bytes(p) for p in parts), whole)
+                    self.assertEqual(zlib.decompress(packed), whole)
+        self.assertLess(len(whole), len(real))
+        parts, packed = distcc.Packer(strip=False).finish()
+        self.assertEqual(zlib.decompress(packed), b"")
+
+    def test_parse_warm_request(self):
+        self.assertEqual(distcc.parse_warm_request(b"1234 7"), (1234, 7))
+        self.assertEqual(distcc.parse_warm_request(b"1234 0"), (1234, 0))
+        for bad in (b"", b"1234", b"1 2", b"-5 3", b"12 x", b"1 2 3"):
+            self.assertIsNone(distcc.parse_warm_request(bad), bad)
+
 # ---------------------------------------------------------------------------
 # Hosts
 
@@ -1248,20 +1282,22 @@ class EndToEnd(unittest.TestCase):
             LC_ALL="C")
 
     def tearDown(self):
-        for pid in self.relay_pids():
+        for pid in self.relay_pids(prefix=""):       # and the warm process
             end_process(pid)
         self.stop_ssh_masters()
         shutil.rmtree(self.work, ignore_errors=True)
 
-    def relay_pids(self):
+    def relay_pids(self, prefix="relay-"):
+        """The pids in the lockfiles of the relays (PREFIX "": and of the
+        warm process, whose lockfile also holds its start time)."""
         pids = set()
         if os.path.isdir(self.distcc_dir):
             for name in os.listdir(self.distcc_dir):
-                if name.endswith(".lock"):
+                if name.startswith(prefix) and name.endswith(".lock"):
                     with open(os.path.join(self.distcc_dir, name)) as f:
-                        text = f.read().strip()
-                    if text.isdigit():
-                        pids.add(int(text))
+                        words = f.read().split()
+                    if words and words[0].isdigit():
+                        pids.add(int(words[0]))
         return pids
 
     def stop_ssh_masters(self):
@@ -1559,7 +1595,7 @@ class TestWrapper(EndToEnd):
         python = self.write("py.sh", "#!/bin/sh\nexec %s -X importtime "
                             "\"$@\"\n" % sys.executable)
         os.chmod(python, 0o755)
-        env = dict(self.env, DISTCC_PYTHON=python)
+        env = dict(self.env, DISTCC_PYTHON=python, DISTCC_WARM="0")
         cold = run([DISTCC_PY, "gcc", "-O2", "-c", "src/a.c", "-o",
                     "obj/cold.o"], env=env, cwd=self.work)
         self.assertEqual(cold.returncode, 0, cold.stderr)
@@ -1790,6 +1826,245 @@ class TestWrapper(EndToEnd):
         r = self.distcc(["gcc", "-c", "src/a.c", "-o", "obj/a.o"], env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("compiled on distcc-test", self.trace())
+
+
+class TestWarm(EndToEnd):
+    """The warm process: jobs through the sh launcher that no Python
+    starts for, and every way back to the ordinary wrapper."""
+
+    def setUp(self):
+        EndToEnd.setUp(self)
+        if not sys.platform.startswith("linux"):
+            self.skipTest("the warm start needs Linux /proc")
+        self.write("src/local.h", LOCAL_H)
+        self.write("src/a.c", C_SOURCE)
+        self.write("src/warn.c", "int f(void) { int unused; return 1; }\n")
+        self.write("src/bad.c", "int f(void) { return nope; }\n")
+        os.makedirs(os.path.join(self.work, "obj"))
+        self.env["DISTCC_PYTHON"] = sys.executable
+        self.program = DISTCC_PY
+
+    def launch(self, argv, **kw):
+        """Run distcc.py as a build does: through its sh launcher."""
+        kw.setdefault("env", self.env)
+        kw.setdefault("cwd", self.work)
+        return run([self.program] + argv, **kw)
+
+    def warm_pid(self, timeout=10.0):
+        """Wait for the warm process to listen; return its pid."""
+        lock = os.path.join(self.distcc_dir, "warm.lock")
+        fifo = os.path.join(self.distcc_dir, "warm", "in")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(lock) as f:
+                    words = f.read().split()
+                if len(words) == 2 and os.path.exists(fifo) and \
+                        process_alive(int(words[0])):
+                    return int(words[0])
+            except OSError:
+                pass  # not written yet
+            time.sleep(0.05)
+        self.fail("no warm process within %d s" % timeout)
+
+    def warm_jobs(self):
+        return self.trace().count("warm start for pid")
+
+    def test_jobs_are_served_warm_and_match_local(self):
+        first = self.launch(["gcc", "-O2", "-g", "-c", "src/a.c", "-o",
+                             "obj/first.o"])
+        self.assertEqual(first.returncode, 0, first.stderr)
+        self.warm_pid()
+        self.assertEqual(self.warm_jobs(), 0)
+        for name, expect in (("a", 0), ("warn", 0), ("bad", 1)):
+            with self.subTest(source=name):
+                argv = ["gcc", "-O2", "-g", "-Wall", "-c", "src/%s.c" % name,
+                        "-o", "obj/%s.o" % name]
+                local = run(argv, cwd=self.work, env=self.env)
+                self.assertEqual(local.returncode, expect)
+                saved = self.read("obj/%s.o" % name) if expect == 0 else None
+                if expect == 0:
+                    os.unlink(os.path.join(self.work, "obj/%s.o" % name))
+                before = self.warm_jobs()
+                warm = self.launch(argv)
+                self.assertEqual(self.warm_jobs(), before + 1, self.trace())
+                self.assertEqual(warm.returncode, local.returncode)
+                self.assertEqual(warm.stderr, local.stderr)
+                self.assertEqual(warm.stdout, local.stdout)
+                if expect == 0:
+                    self.assertEqual(self.read("obj/%s.o" % name), saved)
+                else:
+                    self.assertFalse(os.path.exists(
+                        os.path.join(self.work, "obj/bad.o")))
+                if name == "warn":
+                    self.assertIn(b"unused variable", warm.stderr)
+        # Masquerade: a symlink named gcc, found on PATH, is served too.
+        os.makedirs(os.path.join(self.work, "masq"))
+        os.symlink(DISTCC_PY, os.path.join(self.work, "masq", "gcc"))
+        env = dict(self.env, PATH=os.path.join(self.work, "masq") + ":" +
+                   self.env["PATH"])
+        before = self.warm_jobs()
+        masq = run(["gcc", "-O2", "-c", "src/a.c", "-o", "obj/m.o"],
+                   cwd=self.work, env=env)
+        self.assertEqual(masq.returncode, 0, masq.stderr)
+        self.assertEqual(self.warm_jobs(), before + 1)
+        self.assertIn("compiled on distcc-test", self.trace())
+
+    def test_local_jobs_run_once_and_count_once(self):
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
+        self.warm_pid()
+        run([sys.executable, DISTCC_PY, "--zero-stats"], env=self.env)
+        # No -c: a link, which compiles here; the warm child decides and
+        # counts it, the launcher runs the compiler.
+        r = self.launch(["gcc", "obj/first.o", "-o", "obj/prog"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(run([os.path.join(self.work, "obj/prog")],
+                             cwd=self.work).returncode, 0)
+        stats = json.loads(run([sys.executable, DISTCC_PY, "--stats"],
+                               env=self.env).stdout)
+        self.assertEqual(stats["local"], 1, stats)
+        self.assertEqual(self.warm_jobs(), 1)
+        self.assertNotIn("DISTCC_WARM_LOCAL", r.stderr.decode())
+
+    def test_output_into_a_plain_file_is_not_clobbered(self):
+        """A file without O_APPEND cannot be shared from another process:
+        the ordinary wrapper writes there, after what is in it."""
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
+        self.warm_pid()
+        out = os.path.join(self.work, "build.log")
+        with open(out, "wb") as f:
+            f.write(b"make: entering\n")
+            f.flush()
+            r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
+                             "obj/w.o"], stdout=f, stderr=subprocess.STDOUT)
+            f.write(b"make: leaving\n")
+        self.assertEqual(r.returncode, 0)
+        with open(out, "rb") as f:
+            text = f.read()
+        self.assertTrue(text.startswith(b"make: entering\n"), text)
+        self.assertIn(b"unused variable", text)
+        self.assertTrue(text.endswith(b"make: leaving\n"), text)
+        self.assertEqual(self.warm_jobs(), 0)
+        # Appending (make >>log) is served warm.
+        with open(out, "ab") as f:
+            r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
+                             "obj/w.o"], stdout=f, stderr=subprocess.STDOUT)
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(self.warm_jobs(), 1)
+        with open(out, "rb") as f:
+            self.assertEqual(f.read().count(b"unused variable"), 2)
+
+    def test_a_killed_warm_process_is_replaced(self):
+        """SIGKILL leaves the directory behind: the next job sees the dead
+        pid and runs the ordinary wrapper, which starts a new warm process;
+        that one answers a sh that still waits in the old directory."""
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
+        old = self.warm_pid()
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while process_alive(old) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # A sh whose request was lost with the warm process: it waits in
+        # the open of its reply FIFO.
+        waiter = subprocess.Popen(
+            ["sh", "-c", 'mkfifo "$1/r.$$" && read -r s <"$1/r.$$" && '
+             'echo "answer:$s"', "sh",
+             os.path.join(self.distcc_dir, "warm")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not any(
+                    n.startswith("r.") for n in os.listdir(
+                        os.path.join(self.distcc_dir, "warm"))):
+                time.sleep(0.02)
+            r = self.launch(["gcc", "-c", "src/a.c", "-o", "obj/second.o"],
+                            timeout=60)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            new = self.warm_pid()
+            self.assertNotEqual(new, old)
+            out, err = waiter.communicate(timeout=30)
+            self.assertEqual(out, b"answer:P\n", err)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+                waiter.wait(timeout=10)
+        before = self.warm_jobs()
+        r = self.launch(["gcc", "-c", "src/a.c", "-o", "obj/third.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.warm_jobs(), before + 1)
+
+    def test_an_interrupted_build_gets_no_late_object(self):
+        """make ^C kills the sh while the host compiles: the warm child
+        and its compilers end, and no object appears afterwards."""
+        hosts = self.host_with_gcc("slow", 'sleep 2; exec %s "$@"'
+                                   % shutil.which("gcc"))
+        env = dict(self.env, DISTCC_HOSTS=hosts)
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"], env=env)
+        self.warm_pid()
+        sh = subprocess.Popen([self.program, "gcc", "-c", "src/a.c", "-o",
+                               "obj/late.o"], cwd=self.work, env=env,
+                              stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        jobs = os.path.join(self.distcc_dir, "jobs")
+        deadline = time.monotonic() + 10
+        child = None
+        while time.monotonic() < deadline and child is None:
+            for name in os.listdir(jobs):
+                with open(os.path.join(jobs, name)) as f:
+                    if "compile" in f.read() and name.isdigit():
+                        child = int(name)
+            time.sleep(0.05)
+        self.assertIsNotNone(child, "the job never reached the host: %s"
+                             % self.trace())
+        sh.kill()
+        sh.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while process_alive(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(process_alive(child))
+        time.sleep(2.5)              # past the host's compile
+        self.assertFalse(os.path.exists(os.path.join(self.work,
+                                                     "obj/late.o")))
+        self.assertEqual([n for n in os.listdir(os.path.join(self.work,
+                                                             "obj"))
+                          if n.endswith(".tmp")], [])
+
+    def test_a_changed_program_ends_the_warm_process(self):
+        copy = os.path.join(self.work, "bin", "distcc.py")
+        os.makedirs(os.path.dirname(copy))
+        shutil.copy(DISTCC_PY, copy)
+        self.program = copy
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
+        old = self.warm_pid()
+        with open(copy, "a") as f:
+            f.write("# a new version\n")
+        r = self.launch(["gcc", "-c", "src/a.c", "-o", "obj/second.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.warm_jobs(), 0)
+        deadline = time.monotonic() + 10
+        while process_alive(old) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(process_alive(old))
+        self.assertNotEqual(self.warm_pid(), old)
+
+    def test_stop_and_off(self):
+        self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
+        pid = self.warm_pid()
+        r = run([sys.executable, DISTCC_PY, "--stop"], env=self.env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(process_alive(pid))
+        self.assertFalse(os.path.exists(os.path.join(self.distcc_dir,
+                                                     "warm")))
+        env = dict(self.env, DISTCC_WARM="0")
+        r = self.launch(["gcc", "-c", "src/a.c", "-o", "obj/second.o"],
+                        env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        time.sleep(0.5)
+        self.assertFalse(os.path.exists(os.path.join(self.distcc_dir,
+                                                     "warm")))
 
 
 class TestManyHosts(EndToEnd):
@@ -2116,7 +2391,7 @@ class TestFaults(EndToEnd):
             self.assertEqual(len(theirs), 1)
             self.assertNotEqual(mine, theirs)
         finally:
-            for pid in theirs:
+            for pid in self.relay_pids(prefix=""):   # and the warm process
                 end_process(pid)
             self.stop_ssh_masters()
             self.distcc_dir = saved
@@ -2729,10 +3004,11 @@ def find_side_pids(bench, env):
     directory = env["DISTCC_DIR"]
     names = os.listdir(directory) if os.path.isdir(directory) else []
     for name in names:
-        if name.startswith("relay-") and name.endswith(".lock"):
+        if (name.startswith("relay-") or name == "warm.lock") and \
+                name.endswith(".lock"):
             try:
                 with open(os.path.join(directory, name)) as f:
-                    pid = int(f.read().strip() or 0)
+                    pid = int((f.read().split() or ["0"])[0])
             except (OSError, ValueError):
                 continue
             if pid > 0 and process_alive(pid):
@@ -3290,7 +3566,18 @@ def run_benchmark(argv):
 
 
 class CountingResult(unittest.TextTestResult):
-    """Counts passed tests (subtests pass or fail with their test)."""
+    """Counts passed tests (subtests pass or fail with their test) and
+    times them: the suite must stay under 5 minutes on 2 cores."""
+
+    durations = []
+
+    def startTest(self, test):
+        self.started = time.monotonic()
+        unittest.TextTestResult.startTest(self, test)
+
+    def stopTest(self, test):
+        unittest.TextTestResult.stopTest(self, test)
+        self.durations.append((time.monotonic() - self.started, test.id()))
 
 
 def main():
@@ -3307,6 +3594,9 @@ def main():
     failed = len(failed_ids) + len(result.unexpectedSuccesses)
     skipped = len(result.skipped)
     passed = result.testsRun - failed - skipped
+    slowest = sorted(CountingResult.durations, reverse=True)[:8]
+    print("slowest: " + ", ".join("%s %.1fs" % (name.split(".", 1)[1], t)
+                                  for t, name in slowest))
     print("%d passed, %d failed, %d skipped" % (passed, failed, skipped))
     return 0 if failed == 0 and result.testsRun > 0 else 1
 
