@@ -38,6 +38,11 @@ One program, three roles, chosen by argv:
     server    distcc.py -i                       started on the build host by
               ssh; many jobs over one stdin/stdout stream
 
+On Linux the first wrapper also starts a warm process (distcc.py
+--warm-serve, one per DISTCC_DIR).  From then on the sh launcher at the top
+of this file hands each compile to it, and a child forked from it runs the
+wrapper: no Python starts per compile (see "Warm start").
+
 One job's path:
 
     wrapper: scan argv -> preprocess here (gcc -E -fdirectives-only, which
@@ -92,6 +97,8 @@ Environment:
                           are never retried anyway)
     DISTCC_SAVE_TEMPS     1 keeps the text sent ($TMPDIR) and the host's job
                           directory, and says where
+    DISTCC_WARM           0 turns the warm process off (Linux; default on);
+                          it ends with the relays (DISTCC_RELAY_TIMEOUT)
 """
 
 import errno
