@@ -62,7 +62,7 @@ Frames (all integers big-endian):
 
     offset size field
     0      2    magic b"DP"
-    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS
+    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT
     3      1    flags (zero)
     4      4    job id (the relay numbers its jobs; wrappers send 0)
     8      4    body length, at most MAX_FRAME
@@ -72,6 +72,12 @@ A JOB or RESULT body is a 4-byte length, a metadata object and the blobs
 whose sizes the object lists.  An ERROR body is an object with "kind"
 ("transport", "reject" or "protocol") and "message".  Objects are JSON on
 the ssh leg and marshal on the relay's private socket (see Framing).
+
+A JOB whose metadata says "stream" leaves its text blob empty: the text
+follows in TEXT frames of the same job id, pieces of one zlib stream, sent
+while the preprocessor still runs, so that the host has its compiler
+started and waiting when the last piece comes.  An empty TEXT frame ends
+them; if the zlib stream is not complete by then, the job is abandoned.
 
 The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
 cpus=<n>", which the client finds even after noise from the host's shell
@@ -118,8 +124,9 @@ import zlib
 #
 # Everything both ends must agree on, and the defaults.  No I/O here.
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 PROTOCOL = 1
+TEXT_SINCE = (0, 2)                  # servers from this version take TEXT
 BANNER_PREFIX = b"DISTCC.PY "
 BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
@@ -129,9 +136,10 @@ MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
 META_LENGTH = struct.Struct(">I")
 
-JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS = 1, 2, 3, 4, 5, 6
+JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT = 1, 2, 3, 4, 5, 6, 7
 FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
-               QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS"}
+               QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS",
+               TEXT: "TEXT"}
 PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
 
 # Level 1, by measurement: Brotli's encode.c as sent (1.09 MB of
@@ -869,11 +877,12 @@ class Packer:
     block (see strip_builtins) and compresses the rest at once, so that
     compression overlaps the preprocessor instead of following it."""
 
-    def __init__(self, strip):
+    def __init__(self, strip, on_packed=None):
         self.head = b"" if strip else None   # output until the block ends
         self.squeeze = zlib.compressobj(COMPRESS_LEVEL)
         self.parts = []              # what is sent, uncompressed
         self.packed = []             # the same, compressed
+        self.on_packed = on_packed   # called with each compressed piece
 
     def feed(self, chunk):
         if self.head is not None:
@@ -889,7 +898,13 @@ class Packer:
 
     def add(self, part):
         self.parts.append(part)
-        self.packed.append(self.squeeze.compress(part))
+        self.pack(self.squeeze.compress(part))
+
+    def pack(self, piece):
+        if piece:
+            self.packed.append(piece)
+            if self.on_packed is not None:
+                self.on_packed(piece)
 
     def finish(self):
         """Return (parts, compressed bytes) once the output has ended."""
@@ -897,7 +912,7 @@ class Packer:
             for part in strip_builtins(self.head):
                 self.add(part)
             self.head = None
-        self.packed.append(self.squeeze.flush())
+        self.pack(self.squeeze.flush())
         return self.parts, b"".join(self.packed)
 
 # ---------------------------------------------------------------------------
@@ -1264,6 +1279,7 @@ class Server:
         self.slots = threading.BoundedSemaphore(jobs)
         self.threads = []             # job threads, joined at EOF
         self.running = 0              # jobs in flight (under write_lock)
+        self.streams = {}             # job id -> TextStream still coming
         threading.Thread(target=self.beat, daemon=True).start()
 
     def send(self, kind, job_id, parts):
@@ -1285,18 +1301,29 @@ class Server:
             if frame is None:
                 break
             kind, job_id, body = frame
+            args = (job_id, body)
+            if kind == TEXT:
+                stream = self.streams.get(job_id)
+                if stream is not None:  # else the job failed already
+                    stream.pieces.put(body)
+                    if not body:
+                        del self.streams[job_id]
+                continue
             if kind == JOB:
                 target = self.run_job
+                if job_streams(body):
+                    args += (self.streams.setdefault(job_id, TextStream()),)
             elif kind == QUERY:
                 target = self.answer_query
             else:
                 self.send(ERROR, job_id, error_body(
                     "protocol", "unexpected %s frame" % FRAME_NAMES[kind]))
                 continue
-            t = threading.Thread(target=target, args=(job_id, body),
-                                 daemon=True)
+            t = threading.Thread(target=target, args=args, daemon=True)
             t.start()
             self.threads = [x for x in self.threads if x.is_alive()] + [t]
+        for stream in self.streams.values():
+            stream.pieces.put(b"")      # cut off: those jobs end
         for t in self.threads:
             t.join()
 
@@ -1320,19 +1347,19 @@ class Server:
             if busy:
                 self.send(PROGRESS, 0, [b""])
 
-    def run_job(self, job_id, body):
+    def run_job(self, job_id, body, stream=None):
         with self.write_lock:
             self.running += 1
         try:
-            self.compile_and_answer(job_id, body)
+            self.compile_and_answer(job_id, body, stream)
         finally:
             with self.write_lock:
                 self.running -= 1
 
-    def compile_and_answer(self, job_id, body):
+    def compile_and_answer(self, job_id, body, stream):
         with self.slots:
             try:
-                parts = compile_job(body)
+                parts = compile_job(body, stream)
             except (Rejected, ProtocolError) as e:
                 kind = "reject" if isinstance(e, Rejected) else "protocol"
                 self.send(ERROR, job_id, error_body(kind, e.detail))
@@ -1346,9 +1373,10 @@ class Server:
             self.send(RESULT, job_id, parts)
 
 
-def compile_job(body):
+def compile_job(body, stream=None):
     """Run one JOB frame's compile in a private temp dir; return the RESULT
-    body parts.
+    body parts.  STREAM is the TextStream of a job whose text comes in
+    TEXT frames.
 
     Raises Rejected or ProtocolError for a job it will not run."""
     import shutil
@@ -1377,7 +1405,7 @@ def compile_job(body):
             k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
         raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
     family = meta.get("family")
-    source_text = decompress(blobs[0])
+    source_text = decompress(blobs[0]) if stream is None else None
     original = decompress(blobs[1])
 
     root = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-"))
@@ -1408,9 +1436,14 @@ def compile_job(body):
             # clang names the file as the command line spells it.
             input_path = source_path
             input_arg = source if not source.startswith("/") else source_path
-        with open(input_path, "wb") as f:
-            f.write(source_text)
-        del source_text
+        if stream is not None:
+            # The compiler starts now and reads the text from a FIFO as it
+            # comes: its start-up overlaps the client's preprocessor.
+            os.mkfifo(input_path, 0o600)
+        else:
+            with open(input_path, "wb") as f:
+                f.write(source_text)
+            del source_text
         # A relative -o is used as the client spelled it (gcc records it as
         # the .dwo name of -gsplit-dwarf); an absolute one would name the
         # temp dir, so it is replaced.
@@ -1432,12 +1465,19 @@ def compile_job(body):
                      if k not in FORWARDED_ENV}
         child_env.update(env)
         child_env["PWD"] = work
+        # The compiler's own temp files (.s for as) go in the job's dir too:
+        # a compiler killed midway leaves nothing behind.
+        child_env["TMPDIR"] = root
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
         started = time.monotonic()
-        proc = subprocess.run(argv, cwd=work, env=child_env,
-                              stdin=subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        if stream is None:
+            proc = subprocess.run(argv, cwd=work, env=child_env,
+                                  stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE)
+        else:
+            proc = run_streamed(argv, work, child_env, input_path, stream)
         compile_ms = round((time.monotonic() - started) * 1000)
         if proc.returncode < 0:
             raise OSError(errno.EINTR, describe_exit(proc.returncode,
@@ -1467,6 +1507,100 @@ def compile_job(body):
     finally:
         if not meta.get("save_temps"):
             shutil.rmtree(root, ignore_errors=True)
+
+
+class TextStream:
+    """The TEXT frames of a streamed job, from the server's reader to the
+    job's thread: compressed pieces, then b"" at the end."""
+
+    def __init__(self):
+        import queue
+        self.pieces = queue.Queue()
+
+
+def job_streams(body):
+    """Whether the JOB frame BODY says its text follows in TEXT frames."""
+    try:
+        meta, _ = unpack_meta(body)
+    except ProtocolError:
+        return False                 # compile_job reports it
+    return meta.get("stream") is True
+
+
+def run_streamed(argv, work, env, fifo, stream):
+    """Start ARGV, whose input is the FIFO, and write STREAM's text into
+    it as the pieces come; return the finished CompletedProcess.
+
+    Raises ProtocolError when the text is corrupt or never completes (the
+    client went away); the compiler is killed then."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        # Its own process group: cc1 and as die with the driver.
+        proc = subprocess.Popen(argv, cwd=work, env=env,
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=err, start_new_session=True)
+        try:
+            feed_fifo(proc, fifo, stream)
+        except BaseException:
+            import signal
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
+        proc.wait()
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(argv, proc.returncode,
+                                           out.read(), err.read())
+
+
+def feed_fifo(proc, fifo, stream):
+    """Write STREAM's text into FIFO, which PROC reads (see run_streamed).
+    A compiler that ends without reading (a bad option) ends the feeding;
+    its own status and messages tell why."""
+    import time
+    inflate = zlib.decompressobj()
+    room = MAX_FRAME
+    fd = None
+    try:
+        while fd is None and proc.poll() is None:
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.001)    # the compiler has not opened it yet
+        if fd is not None:
+            os.set_blocking(fd, True)
+        while True:
+            piece = stream.pieces.get()
+            if not piece:
+                break
+            try:
+                text = inflate.decompress(piece, room)
+            except zlib.error as e:
+                raise ProtocolError("corrupt compressed text: %s" % e)
+            room -= len(text)
+            if inflate.unconsumed_tail or room < 0:
+                raise ProtocolError("text over %d bytes" % MAX_FRAME)
+            if fd is not None:
+                try:
+                    write_all(fd, text)
+                except BrokenPipeError:
+                    os.close(fd)     # the compiler ended: drain, say nothing
+                    fd = None
+        if not inflate.eof:
+            raise ProtocolError("the job's text was cut off")
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def write_all(fd, data):
+    """Write all of DATA to FD (os.write may write less)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
@@ -1816,7 +1950,7 @@ def format_bytes(n):
 # session, renumbering frames so that many jobs share the stream.  If ssh
 # dies, the jobs in flight get a transport ERROR (their wrappers compile
 # locally) and the next job starts a new session.  The wrapper side of this
-# section is submit(), which hides the socket.
+# section is submit(), open_job() and await_answer(), which hide the socket.
 
 
 def state_dir(config):
@@ -2018,6 +2152,14 @@ class Session:
         seconds without one, the session is failed.
 
         Raises TransportError if the session dies first."""
+        job_id, pending = self.start(kind, parts, pid)
+        return self.wait(kind, pending, waiting, timeout)
+
+    def start(self, kind, parts, pid=None, mark=True):
+        """Send the first frame of a job; return (job id, Pending).  MARK:
+        the job is on the host now (not still on its way, in TEXT frames).
+
+        Raises TransportError if the session is dead."""
         pending = Pending(pid)
         with self.lock:
             if self.failure is not None:
@@ -2025,13 +2167,27 @@ class Session:
             job_id = self.next_id
             self.next_id = (self.next_id % 0xFFFFFFFE) + 1
             self.pending[job_id] = pending
+        self.send(kind, job_id, parts)
+        if mark:
+            self.mark_compile(pid)
+        return job_id, pending
+
+    def mark_compile(self, pid):
+        """Show wrapper PID's job in the compile phase (--monitor)."""
+        if pid and self.state:
+            mark_phase(self.state, pid, "compile")
+
+    def send(self, kind, job_id, parts):
+        """Send one more frame of job JOB_ID (its TEXT)."""
         try:
             with self.write_lock:
                 write_frame(self.proc.stdin, kind, job_id, parts)
         except (OSError, ValueError) as e:
             self.fail("cannot write to ssh: %s" % e)
-        if pid and self.state:
-            mark_phase(self.state, pid, "compile")
+
+    def wait(self, kind, pending, waiting=None, timeout=None):
+        """Wait for the answer to the job that start() returned PENDING
+        for (see call)."""
         import time
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -2078,6 +2234,28 @@ class Session:
         if isinstance(entry.frame, DistccError):
             raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
         return entry.frame
+
+
+def read_text(f):
+    """Yield the pieces of the TEXT frames a wrapper sends after a
+    streamed JOB, up to its end of writing (or its going away: then the
+    pieces do not make a whole zlib stream, and the host can tell)."""
+    try:
+        while True:
+            frame = read_frame(f)
+            if frame is None or frame[0] != TEXT or not frame[2]:
+                return
+            yield frame[2]
+    except (OSError, ProtocolError):
+        return
+
+
+def version_tuple(text):
+    """'0.2.0' -> (0, 2, 0); anything unparsable is (0,)."""
+    try:
+        return tuple(int(x) for x in str(text).split("."))
+    except ValueError:
+        return (0,)
 
 
 class Relay:
@@ -2181,11 +2359,25 @@ class Relay:
                         "here)" % (meta.get("compiler"), self.host.hostname,
                                    theirs.replace("\n", ", "),
                                    ours.replace("\n", ", ")))
+                if meta.get("stream") and \
+                        version_tuple(session.server_version) < TEXT_SINCE:
+                    # An older server: the whole text in the JOB frame.
+                    del meta["stream"]
+                    blobs[0] = b"".join(read_text(f))
+                if meta.get("stream"):
+                    job_id, pending = session.start(
+                        JOB, pack_body(meta, blobs), pid, mark=False)
+                    for piece in read_text(f):
+                        session.send(TEXT, job_id, piece)
+                    session.send(TEXT, job_id, [b""])   # the end
+                    session.mark_compile(pid)
+                else:
+                    job_id, pending = session.start(
+                        JOB, pack_body(meta, blobs), pid)
                 # The wrapper hears from us while the host compiles, so a
                 # silent relay is a stopped one.
-                kind, answer = session.call(
-                    JOB, pack_body(meta, blobs), pid,
-                    lambda: write_frame(out, PROGRESS, 0, [b""]))
+                kind, answer = session.wait(
+                    JOB, pending, lambda: write_frame(out, PROGRESS, 0, [b""]))
                 if kind == ERROR:
                     answer = error_body(*parse_error_body(answer),
                                         local=True)
@@ -2434,13 +2626,36 @@ def submit(config, host, parts):
     Raises TransportError (also when the relay says nothing, not even a
     PROGRESS frame, for the connect and I/O timeouts together: a stopped
     relay), ProtocolError or Rejected."""
-    import _socket
+    s = open_job(config, host, parts)
+    try:
+        return await_answer(s)
+    finally:
+        s.close()
+
+
+def open_job(config, host, parts):
+    """Connect to HOST's relay and send a JOB (body PARTS); return the
+    socket, on which a streamed job's TEXT frames follow.
+
+    Raises TransportError or RelayLost."""
     s = connect_relay(config, host)
     s.settimeout(config.connect_timeout + config.io_timeout)
     try:
         s.sendall(frame_parts(JOB, 0, parts))
         for part in parts:
             s.sendall(part)
+    except OSError as e:
+        s.close()
+        raise RelayLost("relay connection failed: %s" % e)
+    return s
+
+
+def await_answer(s):
+    """End the job on relay socket S and return the RESULT body.
+
+    Raises as submit."""
+    import _socket
+    try:
         s.shutdown(1)
         reader = SocketReader(s)
         frame = read_frame(reader)
@@ -2452,8 +2667,6 @@ def submit(config, host, parts):
                              "--stop ends it, and the next job starts one")
     except (OSError, ProtocolError) as e:
         raise RelayLost("relay connection failed: %s" % e)
-    finally:
-        s.close()
     if frame is None:
         raise RelayLost("the relay closed the connection without an answer")
     kind, _, body = frame
@@ -3294,29 +3507,16 @@ def explain(argv):
     return 0
 
 
-def prepare_job(job, save_temps=False):
+def prepare_job(job, save_temps=False, stream_to=None):
     """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
-    SAVE_TEMPS keeps the text in $TMPDIR.
+    SAVE_TEMPS keeps the text in $TMPDIR.  STREAM_TO(meta, original), if
+    given, is called before the preprocessor starts and returns the
+    function that takes each compressed piece of the text as it is made.
 
     Raises LocalOnly when the local compile should tell the story."""
     compiler_path = find_program(job.compiler)
     if compiler_path is None:
         raise LocalOnly("compiler %s not found here" % job.compiler)
-    packer = Packer(strip=job.lang not in PREPROCESSED_LANGS)
-    if job.lang in PREPROCESSED_LANGS:
-        with open(job.source, "rb") as f:
-            packer.feed(f.read())
-        cpp_err = b""
-    else:
-        cpp_err, status = preprocess(job, compiler_path, packer.feed)
-        if status != 0:
-            # The local compile prints the full story of a failed
-            # preprocessing; let it.
-            raise LocalOnly("preprocessing failed")
-    parts, packed = packer.finish()
-    if save_temps:
-        save_preprocessed(job, parts)
-    raw = sum(len(p) for p in parts)
     if compiler_family(job.compiler) == "gcc" and \
             job.lang not in PREPROCESSED_LANGS:
         with open(job.source, "rb") as f:
@@ -3335,8 +3535,24 @@ def prepare_job(job, save_temps=False):
         "cwd": os.getcwd(),
         "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         "color": color_wanted(job),
-        "raw": raw,
     }
+    on_packed = stream_to(meta, original) if stream_to else None
+    packer = Packer(strip=job.lang not in PREPROCESSED_LANGS,
+                    on_packed=on_packed)
+    if job.lang in PREPROCESSED_LANGS:
+        with open(job.source, "rb") as f:
+            packer.feed(f.read())
+        cpp_err = b""
+    else:
+        cpp_err, status = preprocess(job, compiler_path, packer.feed)
+        if status != 0:
+            # The local compile prints the full story of a failed
+            # preprocessing; let it.
+            raise LocalOnly("preprocessing failed")
+    parts, packed = packer.finish()
+    if save_temps:
+        save_preprocessed(job, parts)
+    meta["raw"] = sum(len(p) for p in parts)
     return meta, [packed, original], cpp_err
 
 
@@ -3353,23 +3569,26 @@ def save_preprocessed(job, parts):
         warn("DISTCC_SAVE_TEMPS: cannot write %s: %s" % (path, e.strerror))
 
 
-def compile_remote(config, job, host, prepared, state):
+def compile_remote(config, job, host, prepared, state, answer=None):
     """Compile the PREPARED job on HOST; return the compiler's exit status.
-    Sizes and times go to STATE's record.
+    ANSWER is (RESULT body, when it was sent) of a job that was streamed
+    (see compile_streamed).  Sizes and times go to STATE's record.
 
     Raises TransportError, ProtocolError or Rejected for the fallback."""
     import time
     meta, blobs_in, cpp_err = prepared
     packed, original = blobs_in
     raw = meta["raw"]
-    trace("send %s to %s: %d bytes, %d compressed"
-          % (job.source, host.hostname, raw, len(packed) + len(original)))
     if config.save_temps:
         meta["save_temps"] = True
-    state.set_phase("send", host.hostname)
-    started = time.monotonic()
-    body = submit(config, host, pack_body(meta, [packed, original],
-                                          local=True))
+    if answer is None:
+        trace_send(job, host, prepared)
+        state.set_phase("send", host.hostname)
+        started = time.monotonic()
+        body = submit(config, host, pack_body(meta, [packed, original],
+                                              local=True))
+    else:
+        body, started = answer
     result, blobs = unpack_body(body, local=True)
     extra = collect_extra_files(result.get("missing"))
     if extra:
@@ -3418,6 +3637,60 @@ def compile_remote(config, job, host, prepared, state):
     state.record["write_ms"] = round((time.monotonic() - started) * 1000)
     trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
     return status
+
+
+def compile_streamed(config, job, hosts, host, state, box):
+    """Preprocess JOB while its text streams to HOST, whose compiler
+    starts meanwhile (see the module docstring), and compile it there;
+    return the compiler's exit status.  BOX["prepared"] gets the job as
+    prepare_job makes it, for another host or a resend.
+
+    Raises what compile_remote raises, and LocalOnly."""
+    import time
+    link = {}                        # the relay socket, once connected
+
+    def start(meta, original):
+        trace("stream %s to %s while it is preprocessed"
+              % (job.source, host.hostname))
+        meta = dict(meta, stream=True, save_temps=config.save_temps)
+        link["started"] = time.monotonic()
+        link["sock"] = open_job(config, host, pack_body(
+            meta, [b"", original], local=True))
+        return lambda piece: send_text(link, piece)
+
+    try:
+        box["prepared"] = prepare_with_cpp_slot(config, hosts, job, state,
+                                                start)
+        if "broken" in link:
+            raise RelayLost("relay connection failed: %s" % link["broken"])
+        trace_send(job, host, box["prepared"])
+        state.set_phase("send", host.hostname)
+        body = await_answer(link["sock"])
+    finally:
+        if "sock" in link:
+            link["sock"].close()
+    return compile_remote(config, job, host, box["prepared"], state,
+                          (body, link["started"]))
+
+
+def trace_send(job, host, prepared):
+    """Trace the sizes of the PREPARED job as it leaves for HOST."""
+    meta, (packed, original), _ = prepared
+    trace("send %s to %s: %d bytes, %d compressed" % (
+        job.source, host.hostname, meta["raw"], len(packed) + len(original)))
+
+
+def send_text(link, piece):
+    """Send PIECE of a streamed job's text on LINK's relay socket; a
+    failure is kept for later, so that the preprocessor finishes (its
+    text is what the next host or a local fallback gets)."""
+    if "broken" in link:
+        return
+    try:
+        link["sock"].sendall(frame_parts(TEXT, 0, [piece]))
+        link["sock"].sendall(piece)
+    except OSError as e:
+        link["broken"] = e
 
 
 def collect_extra_files(names):
@@ -3657,10 +3930,19 @@ def compile_distributed(config, job, hosts, state):
                 status = run_local(job.argv)
                 state.finish("local", "localhost slot")
                 return status
-            if prepared is None:
-                prepared = prepare_with_cpp_slot(config, hosts, job, state)
             trace("remote: %s on %s" % (job.source, host.spec))
-            status = compile_remote(config, job, host, prepared, state)
+            if prepared is None and job_streams_text(job):
+                box = {}
+                try:
+                    status = compile_streamed(config, job, hosts, host,
+                                              state, box)
+                finally:
+                    prepared = box.get("prepared")
+            else:
+                if prepared is None:
+                    prepared = prepare_with_cpp_slot(config, hosts, job,
+                                                     state)
+                status = compile_remote(config, job, host, prepared, state)
             mark_host_good(config, host)
             state.finish("remote", host=host.hostname)
             return status
@@ -3705,9 +3987,17 @@ def compile_distributed(config, job, hosts, state):
     raise LocalOnly("no host could compile it")
 
 
-def prepare_with_cpp_slot(config, hosts, job, state):
-    """Preprocess JOB while holding one of the local preprocessing slots;
-    the time goes to STATE's record."""
+def job_streams_text(job):
+    """Whether JOB's text goes to the host while it is preprocessed: gcc's
+    (clang reads its input in ways a FIFO may not serve), and only when
+    there is a preprocessor to wait for."""
+    return compiler_family(job.compiler) == "gcc" and \
+        job.lang not in PREPROCESSED_LANGS
+
+
+def prepare_with_cpp_slot(config, hosts, job, state, stream_to=None):
+    """Preprocess JOB while holding one of the local preprocessing slots
+    (STREAM_TO: see prepare_job); the time goes to STATE's record."""
     import time
     cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
                os.cpu_count() or 2)
@@ -3715,7 +4005,7 @@ def prepare_with_cpp_slot(config, hosts, job, state):
     try:
         state.set_phase("preprocess")
         started = time.monotonic()
-        prepared = prepare_job(job, config.save_temps)
+        prepared = prepare_job(job, config.save_temps, stream_to)
         state.record["preprocess_ms"] = round(
             (time.monotonic() - started) * 1000)
         return prepared

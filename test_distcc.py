@@ -1828,6 +1828,86 @@ class TestWrapper(EndToEnd):
         self.assertIn("compiled on distcc-test", self.trace())
 
 
+class TestStreaming(EndToEnd):
+    """A gcc job's text goes to the host while the preprocessor runs, and
+    the host's compiler starts before it ends (see the TEXT frame)."""
+
+    def setUp(self):
+        EndToEnd.setUp(self)
+        self.write("src/local.h", LOCAL_H)
+        self.write("src/a.c", C_SOURCE)
+        self.real = shutil.which("gcc")
+
+    def test_host_compiler_starts_before_the_preprocessor_ends(self):
+        times = os.path.join(self.work, "times")
+        # Locally, gcc -E lingers 1 s after its output is out.
+        self.write("slowcpp/gcc", '#!/bin/sh\ncase " $* " in *" -E "*) '
+                   '%s "$@"; rc=$?; sleep 1; echo "cpp-end $(date +%%s.%%N)"'
+                   ' >>%s; exit $rc;; esac\nexec %s "$@"\n'
+                   % (self.real, times, self.real))
+        os.chmod(os.path.join(self.work, "slowcpp/gcc"), 0o755)
+        hosts = self.host_with_gcc("logged", 'echo "host-start $(date '
+                                   '+%%s.%%N)" >>%s\nexec %s "$@"'
+                                   % (times, self.real))
+        env = dict(self.env, DISTCC_HOSTS=hosts, PATH=os.path.join(
+            self.work, "slowcpp") + ":" + self.env["PATH"])
+        argv = ["gcc", "-O2", "-g", "-c", "src/a.c", "-o", "a.o"]
+        r = self.distcc(argv, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-test", self.trace())
+        with open(times) as f:
+            events = dict(line.split() for line in f)
+        self.assertLess(float(events["host-start"]), float(events["cpp-end"]))
+        remote = self.read("a.o")
+        local = run([self.real] + argv[1:], cwd=self.work)
+        self.assertEqual(local.returncode, 0)
+        self.assertEqual(self.read("a.o"), remote)
+
+    def test_an_older_server_gets_the_whole_text_in_its_job(self):
+        """Servers before 0.2 know no TEXT frame: the relay gathers the
+        pieces and sends the job whole."""
+        with open(DISTCC_PY) as f:
+            text = f.read()
+        old = text.replace('VERSION = "%s"' % distcc.VERSION,
+                           'VERSION = "0.1.0"', 1).replace(
+            "if kind == TEXT:", "if False:", 1)
+        self.assertNotEqual(old, text)
+        path = self.write("old/distcc.py", old)
+        os.chmod(path, 0o755)
+        env = dict(self.env, DISTCC_HOSTS="@distcc-test:" + path)
+        argv = ["gcc", "-O2", "-g", "-c", "src/a.c", "-o", "a.o"]
+        r = self.distcc(argv, env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-test", self.trace())
+        remote = self.read("a.o")
+        run([self.real] + argv[1:], cwd=self.work)
+        self.assertEqual(self.read("a.o"), remote)
+
+    def test_preprocessor_failing_midway_abandons_the_host_job(self):
+        """#error after a large header: part of the text is on the host
+        when the preprocessor fails.  The job compiles here (the local
+        compiler tells the story), the host's compiler is stopped and its
+        temp dir removed, and the session goes on."""
+        hosttmp = os.path.join(self.work, "hosttmp")
+        os.makedirs(hosttmp)
+        hosts = self.host_script("tmp", "TMPDIR=%s; export TMPDIR" % hosttmp)
+        env = dict(self.env, DISTCC_HOSTS=hosts, DISTCC_FALLBACK="1")
+        self.write("src/bad.c", "#include <stdio.h>\n#error boom\n")
+        argv = ["gcc", "-c", "src/bad.c", "-o", "bad.o"]
+        local = run(argv, cwd=self.work)
+        r = self.distcc(argv, env=env)
+        self.assertEqual(r.returncode, local.returncode)
+        self.assertEqual(r.stderr, local.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "bad.o")))
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "a.o"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.trace().count("compiled on distcc-test"), 1)
+        deadline = time.monotonic() + 10
+        while os.listdir(hosttmp) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(os.listdir(hosttmp), [])
+
+
 class TestWarm(EndToEnd):
     """The warm process: jobs through the sh launcher that no Python
     starts for, and every way back to the ordinary wrapper."""
