@@ -13,14 +13,22 @@ case ${DISTCC_WARM-1}/${0##*/}/$1 in 0/*|*/distcc*/-*|*/distcc*/) ;; *)
   # process under a reused pid.
   alive() { t=$2; set -- ${1##*) }; case $1 in [ZXx]*) return 1;; esac
             [ "${20}" = "$t" ]; }
+  # Claim reply FIFO r.K by creating c.K (noclobber: O_EXCL, no exec).
+  claim() { set -C; k=$(($$ % 128)); n=0
+            while [ $n -lt 128 ] && ! true 2>/dev/null >"$d/warm/c.$k"; do
+              k=$(((k + 1) % 128)); n=$((n + 1)); done
+            set +C; [ $n -lt 128 ]; }
   if [ -p "$d/warm/in" ] && read -r p t 2>/dev/null <"$d/warm.lock" &&
-      read -r s 2>/dev/null <"/proc/$p/stat" && alive "$s" "$t" &&
-      mkfifo -m 600 "$d/warm/r.$$" 2>/dev/null
+      read -r s 2>/dev/null <"/proc/$p/stat" && alive "$s" "$t" && claim
   then
     trap '' PIPE
-    if echo "$$ $#" 2>/dev/null >>"$d/warm/in"; then
-      read -r s <"$d/warm/r.$$"
-      case $s in [0-9]*) exit "$s";; L) export DISTCC_WARM_LOCAL=1;; esac
+    # No 2>/dev/null on the read: the child takes the sh's stderr from
+    # /proc while the sh waits there.
+    if echo "$$ $# $k" 2>/dev/null >>"$d/warm/in" && s= &&
+        [ -p "$d/warm/r.$k" ]; then
+      read -r s <"$d/warm/r.$k"
+      case $s in [0-9]|[0-9][0-9]|[0-9][0-9][0-9]) exit "$s";;
+                 L) export DISTCC_WARM_LOCAL=1;; esac
     fi
     trap - PIPE
   fi;;
@@ -879,6 +887,7 @@ class Packer:
 
     def __init__(self, strip, on_packed=None):
         self.head = b"" if strip else None   # output until the block ends
+        self.look_at = 16384         # head size for the next look at it
         self.squeeze = zlib.compressobj(COMPRESS_LEVEL)
         self.parts = []              # what is sent, uncompressed
         self.packed = []             # the same, compressed
@@ -887,6 +896,9 @@ class Packer:
     def feed(self, chunk):
         if self.head is not None:
             self.head += chunk
+            if len(self.head) < self.look_at:
+                return               # gcc 12's block is 19 KB: few looks
+            self.look_at = 2 * len(self.head)
             parts = strip_builtins(self.head, final=False)
             if parts is None:
                 return
@@ -1357,26 +1369,34 @@ class Server:
                 self.running -= 1
 
     def compile_and_answer(self, job_id, body, stream):
+        import shutil
         with self.slots:
+            leftovers = []           # job dirs, removed after the answer
+            parts = None
             try:
-                parts = compile_job(body, stream)
+                parts = compile_job(body, stream, leftovers)
             except (Rejected, ProtocolError) as e:
                 kind = "reject" if isinstance(e, Rejected) else "protocol"
+                parts = None
                 self.send(ERROR, job_id, error_body(kind, e.detail))
-                return
             except OSError as e:
                 # Full disk, missing temp dir: the host is at fault, not
                 # the job, so the client retries elsewhere or locally.
+                parts = None
                 self.send(ERROR, job_id, error_body(
                     "transport", "host error: %s" % e))
-                return
-            self.send(RESULT, job_id, parts)
+            finally:
+                if parts is not None:
+                    self.send(RESULT, job_id, parts)
+                for path in leftovers:
+                    shutil.rmtree(path, ignore_errors=True)
 
 
-def compile_job(body, stream=None):
+def compile_job(body, stream=None, leftovers=None):
     """Run one JOB frame's compile in a private temp dir; return the RESULT
     body parts.  STREAM is the TextStream of a job whose text comes in
-    TEXT frames.
+    TEXT frames.  With LEFTOVERS, a list, the temp dir is added to it for
+    the caller to remove (after the answer is out) instead of removed.
 
     Raises Rejected or ProtocolError for a job it will not run."""
     import shutil
@@ -1505,7 +1525,11 @@ def compile_job(body, stream=None):
             result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
         return pack_body(result, blobs_out)
     finally:
-        if not meta.get("save_temps"):
+        if meta.get("save_temps"):
+            pass                     # kept for a look
+        elif leftovers is not None:
+            leftovers.append(root)
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -2716,9 +2740,10 @@ def relay_stop(config):
 # A wrapper is a fresh Python: 12 ms of interpreter start and 5 ms of module
 # load before the preprocessor even starts, most of what a small job costs
 # beyond a local compile.  On Linux, a warm process per DISTCC_DIR takes
-# that away.  The sh launcher writes "PID NARGS" into the FIFO
-# $DISTCC_DIR/warm/in and reads one line from its own FIFO warm/r.PID.  The
-# warm process forks a child that takes the argv, environment, working
+# that away.  The sh launcher claims one of the reply FIFOs warm/r.K that
+# the warm process made, by creating warm/c.K with noclobber (no process
+# to start), writes "PID NARGS K" into the FIFO $DISTCC_DIR/warm/in and
+# reads one line from r.K.  The warm process forks a child that takes the argv, environment, working
 # directory, umask and output streams of that sh process from /proc, runs
 # the wrapper as the launcher would, and answers: the exit status, "L"
 # (compile here: the launcher runs the ordinary wrapper, which goes
@@ -2740,7 +2765,8 @@ def relay_stop(config):
 # Offers the wrapper start_warm() and the Warm state it consults, and
 # main dispatch warm_serve().
 
-WARM_DIR = "warm"                    # in DISTCC_DIR: "in" and "r.PID"
+WARM_DIR = "warm"                    # in DISTCC_DIR: "in", r.K and c.K
+WARM_SLOTS = 128                     # reply FIFOs (the launcher says 128 too)
 WARM_LOCK = "warm.lock"              # flock, "PID START-TIME"
 WARM_ROLE = "--warm-serve"           # argv of the warm process
 WARM_DRAIN = 0.5                     # seconds a retiring warm process
@@ -2754,7 +2780,7 @@ class Warm:
     child = False                    # True in a child serving one job
     client = None                    # the pid of the sh it serves
     pidfd = None                     # a pidfd of that sh, where there is one
-    reply = None                     # the path of the sh's reply FIFO
+    claim = None                     # the path of the sh's claim, c.K
     temp = None                      # the temp file write_output may leave
 
     @classmethod
@@ -2830,7 +2856,8 @@ def warm_serve(config, run_job):
     # Build the directory aside and rename it: a sh sees all or nothing.
     fresh = "%s.new.%d" % (wdir, os.getpid())
     os.mkdir(fresh, 0o700)
-    os.mkfifo(os.path.join(fresh, "in"), 0o600)
+    for name in ["in"] + ["r.%d" % k for k in range(WARM_SLOTS)]:
+        os.mkfifo(os.path.join(fresh, name), 0o600)
     in_fd = os.open(os.path.join(fresh, "in"), os.O_RDWR | os.O_NONBLOCK)
     os.rename(fresh, wdir)
     os.ftruncate(lock_fd, 0)
@@ -2852,8 +2879,13 @@ def warm_serve(config, run_job):
     children = {}                    # sh pid -> WarmChild
     pending = b""
     idle_since = time.monotonic()
+    keep = (in_fd, lock_fd, wake_r, wake_w)  # closed in children
+    spare = None
     try:
         while not stop:
+            if spare is None:
+                # Forked ahead: a request then costs no fork.
+                spare = fork_spare(wdir, run_job, keep)
             watched = [c.pidfd for c in children.values()
                        if c.pidfd is not None]
             ready = select.select([in_fd, wake_r] + watched, [], [],
@@ -2873,9 +2905,18 @@ def warm_serve(config, run_job):
                 break
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                serve_warm_request(wdir, line, run_job, children,
-                                   (in_fd, lock_fd, wake_r, wake_w))
+                for _ in range(2):   # a spare that died is replaced once
+                    if spare is None:
+                        spare = fork_spare(wdir, run_job, keep)
+                    taken = dispatch_warm_request(wdir, line, spare,
+                                                  children)
+                    if taken is not None:
+                        spare = None
+                    if taken is not False:
+                        break
     finally:
+        if spare is not None:
+            os.close(spare[1])       # it reads EOF and ends
         dead = take_warm_dir(wdir)
         os.close(in_fd)
         os.ftruncate(lock_fd, 0)
@@ -2888,10 +2929,11 @@ def warm_serve(config, run_job):
 class WarmChild:
     """A child of the warm process, and the sh it serves."""
 
-    def __init__(self, sh, pid, pidfd):
+    def __init__(self, sh, pid, pidfd, slot):
         self.sh = sh                 # the sh's pid
         self.pid = pid               # the child's pid (and process group)
         self.pidfd = pidfd           # a pidfd of the sh, or None
+        self.slot = slot             # the K of its reply FIFO r.K
 
 
 def watch_warm_children(children):
@@ -2968,71 +3010,109 @@ def file_identity(path):
 
 
 def parse_warm_request(line):
-    """Return (sh pid, its number of arguments) of a request line, or
-    None if it is malformed."""
+    """Return (sh pid, its number of arguments, reply slot) of a request
+    line, or None if it is malformed."""
     words = line.split()
-    if len(words) != 2 or not all(w.isdigit() for w in words):
+    if len(words) != 3 or not all(w.isdigit() for w in words):
         return None
-    pid, nargs = int(words[0]), int(words[1])
-    return (pid, nargs) if pid > 1 else None
+    pid, nargs, slot = (int(w) for w in words)
+    return (pid, nargs, slot) if pid > 1 and slot < WARM_SLOTS else None
 
 
-def serve_warm_request(wdir, line, run_job, children, close_in_child):
-    """Fork the child that serves request LINE (see Warm start)."""
+def fork_spare(wdir, run_job, close_in_child):
+    """Fork a child that gets ready for a job and waits for its request
+    line; return (its pid, the pipe to send the line on)."""
     import signal
-    import stat
+    r, w = os.pipe()
+    child = os.fork()
+    if child:
+        os.close(r)
+        return child, w
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(w)
+        for fd in close_in_child:
+            os.close(fd)
+        os.setpgid(0, 0)             # its compilers end with it
+        line = b""
+        while not line.endswith(b"\n"):
+            data = os.read(r, 256)
+            if not data:
+                break                # the warm process ends
+            line += data
+        request = parse_warm_request(line)
+        if request is not None:
+            serve_warm_job(wdir, request, run_job)
+    finally:
+        os._exit(0)                  # never back into the warm loop
+
+
+def dispatch_warm_request(wdir, line, spare, children):
+    """Hand request LINE (see Warm start) to the SPARE child; return True
+    if it took it, False if it had died, None for a malformed line (the
+    spare stays spare then)."""
     request = parse_warm_request(line)
     if request is None:
-        return
-    pid, nargs = request
-    reply = os.path.join(wdir, "r.%d" % pid)
+        return None
+    pid, _, slot = request
+    child, pipe = spare
     try:
-        # O_RDWR never blocks on a FIFO, and the sh's open then finds a
-        # writer at once.
-        fd = os.open(reply, os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
+        os.write(pipe, line + b"\n")
     except OSError:
-        return                       # the sh gave up
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-        os.close(fd)
-        return
+        os.close(pipe)
+        return False
+    os.close(pipe)
     try:
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None                 # Python 3.8, a kernel before 5.3
+    children[pid] = WarmChild(pid, child, pidfd, slot)
     try:
-        child = os.fork()
+        # Who answers on r.K, for a warm process that takes over.
+        with open(os.path.join(wdir, "c.%d" % slot), "r+b") as f:
+            f.write(b"%d\n" % child)
     except OSError:
-        answer_warm(fd, reply, pid, b"P")
-        if pidfd is not None:
-            os.close(pidfd)
-        return
-    if child:
-        os.close(fd)
-        children[pid] = WarmChild(pid, child, pidfd)
-        return
+        pass  # answered already
+    return True
+
+
+def serve_warm_job(wdir, request, run_job):
+    """In a warm child: serve REQUEST (sh pid, NARGS, slot) and answer on
+    its reply FIFO."""
+    import signal
+    import stat
+    pid, nargs, slot = request
+    claim = os.path.join(wdir, "c.%d" % slot)
     try:
-        answer = b"P"
+        # O_RDWR never blocks on a FIFO, and the sh's open then finds a
+        # writer at once.
+        fd = os.open(os.path.join(wdir, "r.%d" % slot),
+                     os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
+    except OSError:
+        return                       # a retiring warm process took it
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        return
+    answer = b"P"
+    try:
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for other in close_in_child:
-                os.close(other)
-            os.setpgid(0, 0)         # its compilers end with it
-            Warm.client, Warm.pidfd, Warm.reply = pid, pidfd, reply
-            signal.signal(signal.SIGTERM, abandon_warm_job)
-            if wait_for_reader(pid, os.fstat(fd)):
-                answer = run_warm_job(pid, nargs, run_job)
-        except BaseException as e:  # noqa: BLE001  the sh gets its line
-            trace("warm start for pid %d: %r" % (pid, e))
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # the build's pipe is gone, and so is the sh
-        answer_warm(fd, reply, pid, answer)
-    finally:
-        os._exit(0)                  # never back into the warm loop
+            Warm.pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            Warm.pidfd = None        # Python 3.8, a kernel before 5.3
+        Warm.client, Warm.claim = pid, claim
+        signal.signal(signal.SIGTERM, abandon_warm_job)
+        if wait_for_reader(pid, os.fstat(fd)):
+            answer = run_warm_job(pid, nargs, run_job)
+    except BaseException as e:  # noqa: BLE001  the sh gets its line
+        trace("warm start for pid %d: %r" % (pid, e))
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # the build's pipe is gone, and so is the sh
+    answer_warm(fd, claim, pid, answer)
 
 
 def wait_for_reader(pid, fifo):
@@ -3061,7 +3141,7 @@ def abandon_warm_job(*_):
     exception: one raised while the child answers could unwind into the
     warm process's own loop.)"""
     import signal
-    for path in (Warm.temp, Warm.reply):
+    for path in (Warm.temp, Warm.claim):
         try:
             os.unlink(path)
         except (OSError, TypeError):
@@ -3137,31 +3217,32 @@ def reopen_stream(proc, fd):
     return True
 
 
-def answer_warm(fd, reply, pid, answer):
+def answer_warm(fd, claim, pid, answer, patience=60.0):
     """Write ANSWER to the reply FIFO FD and hold it open until the sh
-    PID has read it (a FIFO nobody holds open drops its data), then
-    remove REPLY and its child marker."""
+    PID (None: unknown) has read it, for up to PATIENCE seconds (a FIFO
+    nobody holds open drops its data); then free the slot: remove CLAIM."""
     import fcntl
     import termios
     import time
     try:
         os.write(fd, answer + b"\n")
         unread = bytearray(4)
-        deadline = time.monotonic() + 60.0
+        deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
             fcntl.ioctl(fd, termios.FIONREAD, unread)
             if not any(unread):
                 break                # read
-            os.kill(pid, 0)          # OSError: the sh is gone
+            if pid is not None:
+                os.kill(pid, 0)      # OSError: the sh is gone
             time.sleep(0.0005)
     except OSError:
         pass  # nothing more to do for a sh that is gone
     finally:
         os.close(fd)
         try:
-            os.unlink(reply)
+            os.unlink(claim)
         except OSError:
-            pass  # the watchdog or a retiring warm process removed it
+            pass  # a retiring warm process removed it
 
 
 def warm_stop(config):
@@ -3188,10 +3269,11 @@ def take_warm_dir(wdir):
 
 
 def drain_warm_dir(dead, children):
-    """Answer "P" for WARM_DRAIN seconds to the requests still on their
-    way into the retired directory DEAD, and to every sh that waits
-    there without a child of CHILDREN (sh pid -> child pid) to answer
-    it; then remove DEAD."""
+    """For WARM_DRAIN seconds, let requests still on their way into the
+    retired directory DEAD in, and answer "P" to every sh that waits on a
+    reply FIFO there that no child answers (CHILDREN: ours, sh pid ->
+    WarmChild; c.K names the child of a warm process that died); then
+    remove DEAD."""
     import select
     import shutil
     import time
@@ -3202,26 +3284,31 @@ def drain_warm_dir(dead, children):
         in_fd = os.open(os.path.join(dead, "in"), os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         in_fd = None
-    answered = set(children)
+    served = {c.slot for c in children.values()}
     deadline = time.monotonic() + WARM_DRAIN
     while time.monotonic() < deadline:
         if in_fd is not None and \
                 select.select([in_fd], [], [], 0.05)[0]:
-            os.read(in_fd, 65536)    # their r.PID is all that matters
+            os.read(in_fd, 65536)    # the waiting shs are found below
         else:
             time.sleep(0.05)
         for name in os.listdir(dead):
-            pid = name[2:]
-            if not name.startswith("r.") or not pid.isdigit() or \
-                    int(pid) in answered:
+            slot = name[2:]
+            if not name.startswith("c.") or not slot.isdigit() or \
+                    int(slot) in served:
                 continue
-            answered.add(int(pid))
+            claim = os.path.join(dead, name)
             try:
-                fd = os.open(os.path.join(dead, name),
-                             os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
-            except OSError:
+                with open(claim, "rb") as f:
+                    child = int(f.read().strip() or 0)
+                if child and process_start(child) is not None:
+                    continue         # a child of the dead one answers it
+                # Opens only if a sh reads (or waits to read) r.K.
+                fd = os.open(os.path.join(dead, "r." + slot),
+                             os.O_WRONLY | os.O_NONBLOCK)
+            except (OSError, ValueError):
                 continue
-            answer_warm(fd, os.path.join(dead, name), int(pid), b"P")
+            answer_warm(fd, claim, None, b"P", patience=WARM_DRAIN)
     if in_fd is not None:
         os.close(in_fd)
     shutil.rmtree(dead, ignore_errors=True)
