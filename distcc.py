@@ -2740,27 +2740,32 @@ def relay_stop(config):
 # A wrapper is a fresh Python: 12 ms of interpreter start and 5 ms of module
 # load before the preprocessor even starts, most of what a small job costs
 # beyond a local compile.  On Linux, a warm process per DISTCC_DIR takes
-# that away.  The sh launcher claims one of the reply FIFOs warm/r.K that
-# the warm process made, by creating warm/c.K with noclobber (no process
-# to start), writes "PID NARGS K" into the FIFO $DISTCC_DIR/warm/in and
-# reads one line from r.K.  The warm process forks a child that takes the argv, environment, working
-# directory, umask and output streams of that sh process from /proc, runs
-# the wrapper as the launcher would, and answers: the exit status, "L"
-# (compile here: the launcher runs the ordinary wrapper, which goes
-# straight to the local compiler), or "P" (nothing was done: run the
-# ordinary wrapper).  Whatever a child cannot reproduce exactly answers
-# "P": output into a file without O_APPEND (the sh's file offset cannot be
-# shared), a distcc.py that changed on disk, a process that is not ours.
+# that away, and no process starts for a request at all:
+#
+#   sh launcher   claims reply FIFO warm/r.K (of 128 the warm process made)
+#                 by creating warm/c.K with noclobber, writes "PID NARGS K"
+#                 into the FIFO warm/in, and reads one line from r.K
+#   warm process  hands the line to a child it forked ahead, and forks the
+#                 next one
+#   child         takes the argv, environment, working directory, umask
+#                 and output streams of the sh from /proc, runs the wrapper
+#                 as the launcher would, and answers on r.K: the exit
+#                 status, "L" (compile here: the launcher runs the ordinary
+#                 wrapper, which goes straight to the local compiler), or
+#                 "P" (nothing was done: run the ordinary wrapper)
+#
+# Whatever a child cannot reproduce exactly answers "P": output into a file
+# without O_APPEND (the sh's file offset cannot be shared), a distcc.py that
+# changed on disk, a process that is not ours.
 #
 # A sh does not wait for a dead warm process: it checks the pid and the
-# start time in warm.lock first (a zombie or a reused pid is dead), and
-# the child holds the reply FIFO open (its death is EOF).  Only a warm
-# process killed in the microseconds between that check and the request
-# leaves a sh waiting, until the next warm process starts: it answers
-# whoever still waits in the old directory.
-# When the sh dies first (make interrupted), the child ends without
-# writing the object: an object written late could look newer than a
-# source edited after the interrupt.
+# start time in warm.lock first (a zombie or a reused pid is dead), and the
+# child holds the reply FIFO open (its death is EOF).  Only a warm process
+# killed in the microseconds between that check and the request leaves a
+# sh waiting, until the next warm process starts: it answers whoever still
+# waits in the old directory.  When the sh dies first (make interrupted),
+# the child ends without writing the object: an object written late could
+# look newer than a source edited after the interrupt.
 #
 # Offers the wrapper start_warm() and the Warm state it consults, and
 # main dispatch warm_serve().
@@ -2834,8 +2839,8 @@ def start_warm(config, directory):
 
 
 def warm_serve(config, run_job):
-    """Be the warm process: fork a child per request, which calls
-    RUN_JOB(argv, invoked_as) as the launcher would.  Ends after
+    """Be the warm process: hand each request to a child forked ahead,
+    which calls RUN_JOB(argv, invoked_as) as the launcher would.  Ends after
     DISTCC_RELAY_TIMEOUT idle seconds, on SIGTERM, or when this file
     changes on disk."""
     import fcntl
