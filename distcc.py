@@ -3041,6 +3041,11 @@ def fork_spare(wdir, run_job, close_in_child):
         for fd in close_in_child:
             os.close(fd)
         os.setpgid(0, 0)             # its compilers end with it
+        # A list of every object writes all their reference counts: the
+        # copy-on-write faults a job would take on them happen now, before
+        # its request (about 1 ms less to the preprocessor's start).
+        import gc
+        gc.get_objects()
         line = b""
         while not line.endswith(b"\n"):
             data = os.read(r, 256)
