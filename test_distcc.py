@@ -94,6 +94,25 @@ def end_process(pid, timeout=5.0):
         pass  # not our child: its own parent (or init) reaps it
 
 
+def reap_orphans():
+    """Reap the zombies among our children: processes that ended after
+    their parent (a warm process's spare, a relay's ssh) and came to us,
+    the subreaper."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if fields[0] == "Z" and int(fields[1]) == os.getpid():
+            try:
+                os.waitpid(int(name), os.WNOHANG)
+            except ChildProcessError:
+                pass  # reaped by its Popen meanwhile
+
+
 def child_pids(pid):
     """Return the pids whose parent is PID (Linux /proc)."""
     found = []
@@ -1292,8 +1311,30 @@ class EndToEnd(unittest.TestCase):
     def tearDown(self):
         for pid in self.relay_pids(prefix=""):       # and the warm process
             end_process(pid)
+        for pid in self.warm_processes():
+            end_process(pid)
         self.stop_ssh_masters()
+        reap_orphans()
         shutil.rmtree(self.work, ignore_errors=True)
+
+    def warm_processes(self):
+        """Warm processes of this test's state dirs that have not written
+        their lockfile yet (a wrapper spawns one and does not wait).  We
+        are the subreaper: they are our children by now."""
+        found = []
+        for pid in child_pids(os.getpid()):
+            if "--warm-serve" not in cmdline(pid):
+                continue
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as f:
+                    env = dict(w.partition(b"=")[::2]
+                               for w in f.read().split(b"\0") if w)
+            except OSError:
+                continue
+            if env.get(b"DISTCC_DIR", b"").startswith(
+                    os.fsencode(self.work)):
+                found.append(pid)
+        return found
 
     def relay_pids(self, prefix="relay-"):
         """The pids in the lockfiles of the relays (PREFIX "": and of the
