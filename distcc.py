@@ -46,10 +46,11 @@ One program, three roles, chosen by argv:
     server    distcc.py -i                       started on the build host by
               ssh; many jobs over one stdin/stdout stream
 
-On Linux the first wrapper also starts a warm process (distcc.py
---warm-serve, one per DISTCC_DIR).  From then on the sh launcher at the top
-of this file hands each compile to it, and a child forked from it runs the
-wrapper: no Python starts per compile (see "Warm start").
+On Linux the first wrapper whose job a host compiled also starts a warm
+process (distcc.py --warm-serve, one per DISTCC_DIR).  From then on the sh
+launcher at the top of this file hands each compile to it, and a child
+forked from it runs the wrapper: no Python starts per compile (see "Warm
+start").
 
 One job's path:
 
@@ -4281,9 +4282,11 @@ def wrapper_main(argv, config):
                 os.makedirs(os.path.join(directory, sub), mode=0o700,
                             exist_ok=True)
         state = JobState(directory, job.source)
-        start_warm(config, directory)
         try:
-            return compile_distributed(config, job, hosts, state)
+            status = compile_distributed(config, job, hosts, state)
+            # The set-up works: the next jobs of this build can go warm.
+            start_warm(config, directory)
+            return status
         except LocalOnly as why:
             if not state.done:      # the preprocessor failed, say
                 state.finish("local", why.detail)
