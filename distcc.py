@@ -2793,16 +2793,7 @@ class Warm:
     def client_gone(cls):
         """Whether the sh this warm child serves has died (always False
         in an ordinary wrapper)."""
-        if not cls.child:
-            return False
-        if cls.pidfd is not None:
-            import select
-            return bool(select.select([cls.pidfd], [], [], 0)[0])
-        try:
-            with open("/proc/%d/stat" % cls.client, "rb") as f:
-                return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-        except (OSError, IndexError):
-            return True
+        return cls.child and process_gone(cls.client, cls.pidfd)
 
 
 class WarmLocal(BaseException):
@@ -2933,10 +2924,9 @@ def warm_serve(config, run_job):
 
 
 class WarmChild:
-    """A child of the warm process, and the sh it serves."""
+    """A child of the warm process (kept by the pid of the sh it serves)."""
 
-    def __init__(self, sh, pid, pidfd, slot):
-        self.sh = sh                 # the sh's pid
+    def __init__(self, pid, pidfd, slot):
         self.pid = pid               # the child's pid (and process group)
         self.pidfd = pidfd           # a pidfd of the sh, or None
         self.slot = slot             # the K of its reply FIFO r.K
@@ -2972,15 +2962,12 @@ def watch_warm_children(children):
 
 
 def process_gone(pid, pidfd):
-    """Whether process PID has ended (PIDFD: a pidfd of it, or None)."""
+    """Whether process PID has ended, a zombie counting as ended (PIDFD: a
+    pidfd of it, or None)."""
     if pidfd is not None:
         import select
         return bool(select.select([pidfd], [], [], 0)[0])
-    try:
-        os.kill(pid, 0)
-        return False
-    except OSError:
-        return True
+    return process_start(pid) is None
 
 
 def process_start(pid):
@@ -3079,7 +3066,7 @@ def dispatch_warm_request(wdir, line, spare, children):
         pidfd = os.pidfd_open(pid)
     except (AttributeError, OSError):
         pidfd = None                 # Python 3.8, a kernel before 5.3
-    children[pid] = WarmChild(pid, child, pidfd, slot)
+    children[pid] = WarmChild(child, pidfd, slot)
     try:
         # Who answers on r.K, for a warm process that takes over.
         with open(os.path.join(wdir, "c.%d" % slot), "r+b") as f:
