@@ -1981,20 +1981,10 @@ class TestWarm(EndToEnd):
 
     def warm_pid(self, timeout=10.0):
         """Wait for the warm process to listen; return its pid."""
-        lock = os.path.join(self.distcc_dir, "warm.lock")
-        fifo = os.path.join(self.distcc_dir, "warm", "in")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with open(lock) as f:
-                    words = f.read().split()
-                if len(words) == 2 and os.path.exists(fifo) and \
-                        process_alive(int(words[0])):
-                    return int(words[0])
-            except OSError:
-                pass  # not written yet
-            time.sleep(0.05)
-        self.fail("no warm process within %d s" % timeout)
+        pid = wait_for_warm_process(self.env, timeout)
+        if pid is None:
+            self.fail("no warm process within %d s" % timeout)
+        return pid
 
     def warm_jobs(self):
         return self.trace().count("warm start for pid")
@@ -3157,20 +3147,24 @@ def find_side_pids(bench, env):
 
 def wait_for_warm_process(env, timeout=10.0):
     """Wait until the warm process of the distcc.py environment ENV
-    listens (Linux), so that its start-up does not load what runs next."""
+    listens (Linux), so that its start-up does not load what runs next;
+    return its pid, or None if none did in TIMEOUT seconds."""
     if not sys.platform.startswith("linux"):
-        return
+        return None
     lock = os.path.join(env["DISTCC_DIR"], "warm.lock")
     fifo = os.path.join(env["DISTCC_DIR"], "warm", "in")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             with open(lock) as f:
-                if len(f.read().split()) == 2 and os.path.exists(fifo):
-                    return
+                words = f.read().split()
+            if len(words) == 2 and os.path.exists(fifo) and \
+                    process_alive(int(words[0])):
+                return int(words[0])
         except OSError:
             pass  # not written yet
         time.sleep(0.02)
+    return None
 
 
 def read_warm_pid(env):
