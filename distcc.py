@@ -71,7 +71,8 @@ Frames (all integers big-endian):
 
     offset size field
     0      2    magic b"DP"
-    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT
+    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT,
+                CANCEL
     3      1    flags (zero)
     4      4    job id (the relay numbers its jobs; wrappers send 0)
     8      4    body length, at most MAX_FRAME
@@ -87,6 +88,8 @@ follows in TEXT frames of the same job id, pieces of one zlib stream, sent
 while the preprocessor still runs, so that the host has its compiler
 started and waiting when the last piece comes.  An empty TEXT frame ends
 them; if the zlib stream is not complete by then, the job is abandoned.
+A CANCEL frame (empty body) tells the server that nobody waits for that
+job any more: it kills the job's compiler and sends no answer.
 
 The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
 cpus=<n>", which the client finds even after noise from the host's shell
@@ -114,6 +117,8 @@ Environment:
                           directory, and says where
     DISTCC_WARM           0 turns the warm process off (Linux; default on);
                           it ends with the relays (DISTCC_RELAY_TIMEOUT)
+    DISTCC_RACE           0: a job left on a host never races a free
+                          localhost slot (see "Racing a straggler")
 """
 
 import errno
@@ -133,9 +138,10 @@ import zlib
 #
 # Everything both ends must agree on, and the defaults.  No I/O here.
 
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 PROTOCOL = 1
 TEXT_SINCE = (0, 2)                  # servers from this version take TEXT
+CANCEL_SINCE = (0, 3)                # ... and CANCEL
 BANNER_PREFIX = b"DISTCC.PY "
 BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
@@ -145,11 +151,13 @@ MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
 META_LENGTH = struct.Struct(">I")
 
-JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT = 1, 2, 3, 4, 5, 6, 7
+JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT, CANCEL = range(1, 9)
 FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
                QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS",
-               TEXT: "TEXT"}
+               TEXT: "TEXT", CANCEL: "CANCEL"}
 PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
+HANGUP_POLL = 0.25                   # how often a relay looks for a wrapper
+                                     # that gave up on its job
 
 # Level 1, by measurement: Brotli's encode.c as sent (1.09 MB of
 # -fdirectives-only text) shrinks 3.4x at 72 MB/s on the 2-core test
@@ -176,6 +184,7 @@ ENV_SKIP_LOCAL_RETRY = "DISTCC_SKIP_LOCAL_RETRY"
 ENV_SAVE_TEMPS = "DISTCC_SAVE_TEMPS"
 ENV_WARM = "DISTCC_WARM"
 ENV_WARM_LOCAL = "DISTCC_WARM_LOCAL"  # set by the launcher, never by users
+ENV_RACE = "DISTCC_RACE"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
@@ -183,6 +192,8 @@ DEFAULT_HOST_LIMIT = 4                # jobs per ssh host without /LIMIT
 DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
 DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
+RACE_AFTER = 0.5                     # seconds on a host before a local race
+RACE_POLL = 0.1                      # how often a waiting wrapper looks
 RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
                                      # for this long, for every wrapper
 DEFAULT_REMOTE_COMMAND = "distcc.py"
@@ -1293,6 +1304,7 @@ class Server:
         self.threads = []             # job threads, joined at EOF
         self.running = 0              # jobs in flight (under write_lock)
         self.streams = {}             # job id -> TextStream still coming
+        self.controls = {}            # job id -> JobControl, while it runs
         threading.Thread(target=self.beat, daemon=True).start()
 
     def send(self, kind, job_id, parts):
@@ -1322,8 +1334,14 @@ class Server:
                     if not body:
                         del self.streams[job_id]
                 continue
+            if kind == CANCEL:
+                control = self.controls.get(job_id)
+                if control is not None:
+                    control.cancel()
+                continue
             if kind == JOB:
                 target = self.run_job
+                args += (self.controls.setdefault(job_id, JobControl()),)
                 if job_streams(body):
                     args += (self.streams.setdefault(job_id, TextStream()),)
             elif kind == QUERY:
@@ -1360,44 +1378,56 @@ class Server:
             if busy:
                 self.send(PROGRESS, 0, [b""])
 
-    def run_job(self, job_id, body, stream=None):
+    def run_job(self, job_id, body, control, stream=None):
         with self.write_lock:
             self.running += 1
         try:
-            self.compile_and_answer(job_id, body, stream)
+            self.compile_and_answer(job_id, body, control, stream)
         finally:
+            self.controls.pop(job_id, None)
             with self.write_lock:
                 self.running -= 1
 
-    def compile_and_answer(self, job_id, body, stream):
+    def send_answer(self, control, kind, job_id, parts):
+        if not control.cancelled:
+            self.send(kind, job_id, parts)
+
+    def compile_and_answer(self, job_id, body, control, stream):
         import shutil
         with self.slots:
             leftovers = []           # job dirs, removed after the answer
             parts = None
             try:
-                parts = compile_job(body, stream, leftovers)
+                if control.cancelled:
+                    return
+                parts = compile_job(body, stream, leftovers, control=control)
             except (Rejected, ProtocolError) as e:
                 kind = "reject" if isinstance(e, Rejected) else "protocol"
                 parts = None
-                self.send(ERROR, job_id, error_body(kind, e.detail))
+                self.send_answer(control, ERROR, job_id,
+                                 error_body(kind, e.detail))
             except OSError as e:
                 # Full disk, missing temp dir: the host is at fault, not
                 # the job, so the client retries elsewhere or locally.
                 parts = None
-                self.send(ERROR, job_id, error_body(
+                self.send_answer(control, ERROR, job_id, error_body(
                     "transport", "host error: %s" % e))
             finally:
                 if parts is not None:
-                    self.send(RESULT, job_id, parts)
+                    self.send_answer(control, RESULT, job_id, parts)
                 for path in leftovers:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def compile_job(body, stream=None, leftovers=None):
+def compile_job(body, stream=None, leftovers=None, compiler=None,
+                control=None):
     """Run one JOB frame's compile in a private temp dir; return the RESULT
     body parts.  STREAM is the TextStream of a job whose text comes in
     TEXT frames.  With LEFTOVERS, a list, the temp dir is added to it for
     the caller to remove (after the answer is out) instead of removed.
+    COMPILER, a path, is the compiler to run instead of the one the job
+    names (a race run by the client: see "Racing a straggler").  CONTROL,
+    a JobControl, learns the compiler's process group.
 
     Raises Rejected or ProtocolError for a job it will not run."""
     import shutil
@@ -1409,7 +1439,7 @@ def compile_job(body, stream=None, leftovers=None):
     if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
         raise ProtocolError("a job carries 2 blobs and its extra files, not "
                             "%d blobs" % len(blobs))
-    compiler = find_compiler(meta.get("compiler"))
+    compiler = compiler or find_compiler(meta.get("compiler"))
     args = meta.get("args")
     check_server_args(args)
     mode = meta.get("mode")
@@ -1492,13 +1522,23 @@ def compile_job(body, stream=None, leftovers=None):
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
         started = time.monotonic()
+        control = control or JobControl()
         if stream is None:
-            proc = subprocess.run(argv, cwd=work, env=child_env,
-                                  stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
+            proc = subprocess.Popen(argv, cwd=work, env=child_env,
+                                    stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE,
+                                    start_new_session=True)
+            control.started(proc.pid)
+            try:
+                out, err = proc.communicate()
+            finally:
+                control.finished()
+            proc = subprocess.CompletedProcess(argv, proc.returncode, out,
+                                               err)
         else:
-            proc = run_streamed(argv, work, child_env, input_path, stream)
+            proc = run_streamed(argv, work, child_env, input_path, stream,
+                                control)
         compile_ms = round((time.monotonic() - started) * 1000)
         if proc.returncode < 0:
             raise OSError(errno.EINTR, describe_exit(proc.returncode,
@@ -1534,6 +1574,46 @@ def compile_job(body, stream=None, leftovers=None):
             shutil.rmtree(root, ignore_errors=True)
 
 
+class JobControl:
+    """What a CANCEL frame needs to stop a job: its compiler's process
+    group (its own session), once started and until reaped."""
+
+    def __init__(self):
+        import threading
+        self.lock = threading.Lock()
+        self.group = None
+        self.cancelled = False
+
+    def started(self, pid):
+        with self.lock:
+            self.group = pid
+            if self.cancelled:
+                self.kill()
+
+    def finished(self):
+        with self.lock:
+            self.group = None
+
+    def cancel(self):
+        """Nobody waits for the job: stop it, and let it send nothing."""
+        with self.lock:
+            self.cancelled = True
+            self.kill()
+
+    def stop(self):
+        """Stop the compiler; the job still answers (with the failure)."""
+        with self.lock:
+            self.kill()
+
+    def kill(self):
+        import signal
+        if self.group is not None:
+            try:
+                os.killpg(self.group, signal.SIGKILL)
+            except OSError:
+                pass  # it has just ended by itself
+
+
 class TextStream:
     """The TEXT frames of a streamed job, from the server's reader to the
     job's thread: compressed pieces, then b"" at the end."""
@@ -1552,9 +1632,10 @@ def job_streams(body):
     return meta.get("stream") is True
 
 
-def run_streamed(argv, work, env, fifo, stream):
+def run_streamed(argv, work, env, fifo, stream, control):
     """Start ARGV, whose input is the FIFO, and write STREAM's text into
-    it as the pieces come; return the finished CompletedProcess.
+    it as the pieces come; return the finished CompletedProcess.  CONTROL
+    (a JobControl) learns the compiler's process group.
 
     Raises ProtocolError when the text is corrupt or never completes (the
     client went away); the compiler is killed then."""
@@ -1565,14 +1646,15 @@ def run_streamed(argv, work, env, fifo, stream):
         proc = subprocess.Popen(argv, cwd=work, env=env,
                                 stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=err, start_new_session=True)
+        control.started(proc.pid)
         try:
             feed_fifo(proc, fifo, stream)
         except BaseException:
-            import signal
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            control.stop()
             raise
-        proc.wait()
+        finally:
+            proc.wait()
+            control.finished()
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(argv, proc.returncode,
@@ -1698,6 +1780,7 @@ class JobState:
         self.started = time.time()
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
+        self.won_race = False           # a local race beat the host
         self.record = dict.fromkeys(STATS_FIELDS, 0)
         self.record.update(host="localhost", outcome="local", reason="")
 
@@ -2210,26 +2293,46 @@ class Session:
         except (OSError, ValueError) as e:
             self.fail("cannot write to ssh: %s" % e)
 
-    def wait(self, kind, pending, waiting=None, timeout=None):
+    def wait(self, kind, pending, waiting=None, timeout=None, gone=None):
         """Wait for the answer to the job that start() returned PENDING
-        for (see call)."""
+        for (see call).  GONE(), if given, is asked every HANGUP_POLL
+        seconds whether the wrapper has given up on the job; then (and when
+        WAITING fails) None is returned instead of an answer."""
         import time
-        deadline = None if timeout is None else time.monotonic() + timeout
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        beat = now + PROGRESS_INTERVAL
         while True:
-            wait = PROGRESS_INTERVAL
+            wait = beat - now
+            if gone is not None:
+                wait = min(wait, HANGUP_POLL)
             if deadline is not None:
-                wait = min(wait, max(0.0, deadline - time.monotonic()))
-            if pending.done.wait(wait):
+                wait = min(wait, deadline - now)
+            if pending.done.wait(max(0.0, wait)):
                 return pending.frame
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 # fail() answers every job in flight, this one too.
                 self.fail("no answer to a %s in %d s"
                           % (FRAME_NAMES[kind], timeout))
-            elif waiting is not None:
+            elif gone is not None and gone():
+                return None
+            elif now >= beat:
+                beat = now + PROGRESS_INTERVAL
                 try:
-                    waiting()
+                    if waiting is not None:
+                        waiting()
                 except (OSError, ValueError):
-                    waiting = None  # the wrapper is gone
+                    return None     # the wrapper is gone
+
+    def cancel(self, job_id):
+        """Nobody waits for job JOB_ID any more: forget it, and have the
+        server stop it if it can (older servers finish it, and the answer
+        is dropped)."""
+        with self.lock:
+            self.pending.pop(job_id, None)
+        if version_tuple(self.server_version) >= CANCEL_SINCE:
+            self.send(CANCEL, job_id, [b""])
 
     def identity(self, compiler):
         """Return the host's identity string of COMPILER, asking the host
@@ -2400,9 +2503,16 @@ class Relay:
                     job_id, pending = session.start(
                         JOB, pack_body(meta, blobs), pid)
                 # The wrapper hears from us while the host compiles, so a
-                # silent relay is a stopped one.
-                kind, answer = session.wait(
-                    JOB, pending, lambda: write_frame(out, PROGRESS, 0, [b""]))
+                # silent relay is a stopped one.  A wrapper that hangs up
+                # (it raced the job and won) has the host stop the job.
+                answer = session.wait(
+                    JOB, pending, lambda: write_frame(out, PROGRESS, 0, [b""]),
+                    gone=lambda: hung_up(conn))
+                if answer is None:
+                    trace("job %d: its wrapper is gone; cancelled" % job_id)
+                    session.cancel(job_id)
+                    return
+                kind, answer = answer
                 if kind == ERROR:
                     answer = error_body(*parse_error_body(answer),
                                         local=True)
@@ -2479,6 +2589,18 @@ class Relay:
             time.sleep(0.05)
         if self.session is not None:
             self.session.close()
+
+
+def hung_up(sock):
+    """Whether the peer of Unix socket SOCK has closed it, not just its
+    writing half (a wrapper waiting for its answer has done that)."""
+    import select
+    if not hasattr(select, "poll"):
+        return False                 # PROGRESS writes will tell, later
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(events & (select.POLLHUP | select.POLLERR)
+               for _, events in poller.poll(0))
 
 
 def write_host_note(config, host, kind, text, append=False):
@@ -2679,13 +2801,21 @@ def await_answer(s):
     """End the job on relay socket S and return the RESULT body.
 
     Raises as submit."""
+    s.shutdown(1)
+    kind, body = read_answer_frame(s)
+    while kind == PROGRESS:
+        kind, body = read_answer_frame(s)
+    return body
+
+
+def read_answer_frame(s):
+    """Read the next frame from relay socket S: return (PROGRESS, body) or
+    (RESULT, body).
+
+    Raises as submit."""
     import _socket
     try:
-        s.shutdown(1)
-        reader = SocketReader(s)
-        frame = read_frame(reader)
-        while frame is not None and frame[0] == PROGRESS:
-            frame = read_frame(reader)
+        frame = read_frame(SocketReader(s))
     except _socket.timeout:
         raise TransportError("the relay said nothing for %d s"
                              % s.gettimeout(), "is it stopped? distcc.py "
@@ -2697,9 +2827,9 @@ def await_answer(s):
     kind, _, body = frame
     if kind == ERROR:
         raise_error_body(body, local=True)
-    if kind != RESULT:
+    if kind not in (RESULT, PROGRESS):
         raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
-    return body
+    return kind, body
 
 
 class SocketReader:
@@ -3332,6 +3462,7 @@ class Config:
         self.skip_local_retry = environ.get(ENV_SKIP_LOCAL_RETRY, "0") \
             not in ("", "0")
         self.save_temps = environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
+        self.race = environ.get(ENV_RACE, "1") != "0"
         self.relay_timeout = env_seconds(environ, ENV_RELAY_TIMEOUT,
                                          DEFAULT_RELAY_TIMEOUT)
         self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
@@ -3654,10 +3785,12 @@ def save_preprocessed(job, parts):
         warn("DISTCC_SAVE_TEMPS: cannot write %s: %s" % (path, e.strerror))
 
 
-def compile_remote(config, job, host, prepared, state, answer=None):
-    """Compile the PREPARED job on HOST; return the compiler's exit status.
+def compile_remote(config, job, hosts, host, prepared, state, answer=None):
+    """Compile the PREPARED job on HOST of HOSTS (a localhost slot may race
+    it: see "Racing a straggler"); return the compiler's exit status.
     ANSWER is (RESULT body, when it was sent) of a job that was streamed
-    (see compile_streamed).  Sizes and times go to STATE's record.
+    (see compile_streamed).  Sizes and times go to STATE's record, and
+    STATE.won_race says whether the local compile won.
 
     Raises TransportError, ProtocolError or Rejected for the fallback."""
     import time
@@ -3670,8 +3803,13 @@ def compile_remote(config, job, host, prepared, state, answer=None):
         trace_send(job, host, prepared)
         state.set_phase("send", host.hostname)
         started = time.monotonic()
-        body = submit(config, host, pack_body(meta, [packed, original],
-                                              local=True))
+        s = open_job(config, host, pack_body(meta, [packed, original],
+                                             local=True))
+        try:
+            body, state.won_race = await_answer_racing(
+                config, hosts, job, prepared, s, state)
+        finally:
+            s.close()
     else:
         body, started = answer
     result, blobs = unpack_body(body, local=True)
@@ -3720,7 +3858,8 @@ def compile_remote(config, job, host, prepared, state, answer=None):
     sys.stderr.buffer.write(blobs[1])
     sys.stdout.buffer.write(blobs[0])
     state.record["write_ms"] = round((time.monotonic() - started) * 1000)
-    trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
+    trace("%s compiled on %s: status %d" % (
+        job.source, "localhost" if state.won_race else host.hostname, status))
     return status
 
 
@@ -3750,11 +3889,12 @@ def compile_streamed(config, job, hosts, host, state, box):
             raise RelayLost("relay connection failed: %s" % link["broken"])
         trace_send(job, host, box["prepared"])
         state.set_phase("send", host.hostname)
-        body = await_answer(link["sock"])
+        body, state.won_race = await_answer_racing(
+            config, hosts, job, box["prepared"], link["sock"], state)
     finally:
         if "sock" in link:
             link["sock"].close()
-    return compile_remote(config, job, host, box["prepared"], state,
+    return compile_remote(config, job, hosts, host, box["prepared"], state,
                           (body, link["started"]))
 
 
@@ -3776,6 +3916,187 @@ def send_text(link, piece):
         link["sock"].sendall(piece)
     except OSError as e:
         link["broken"] = e
+
+
+# Racing a straggler
+#
+# In a build's last minute the final jobs can sit on a busy or slow host
+# while this machine has nothing left to do.  A wrapper whose job has been
+# on a host for RACE_AFTER seconds, when a localhost slot of DISTCC_HOSTS
+# is free and no other wrapper waits for any slot, also compiles the job
+# here: a child runs the server's compile_job on the same text, with the
+# local compiler.  Whichever answer comes first is written, through the
+# same code, so the object is the same either way; the other is dropped
+# (the host's compiler finishes, and the relay throws its answer away).
+# A race only takes CPU nobody asked for: it holds the localhost slot, and
+# it ends as soon as another wrapper queues for a slot.  DISTCC_RACE=0
+# turns it off.
+
+
+class Race:
+    """A local compile of a job that is also on a host: a child in its own
+    process group, its answer coming on a pipe, and the localhost slot it
+    holds.  The child kills its group when the pipe `life` closes: when
+    the race is cancelled, and when this wrapper dies."""
+
+    def __init__(self, pid, answer_fd, life_fd, slot, tmp):
+        self.pid = pid
+        self.fd = answer_fd            # the child's RESULT body, then EOF
+        self.life = life_fd            # write end; closing it kills the child
+        self.slot = slot               # the localhost Slot it holds
+        self.tmp = tmp                 # the child's TMPDIR
+
+    def collect(self):
+        """Read the child's answer; return the RESULT body (local form),
+        or None if the local compile could not run."""
+        chunks = []
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, status = os.waitpid(self.pid, 0)
+        self.pid = None
+        self.end()
+        if status != 0:
+            return None
+        try:
+            meta, blobs = unpack_body(b"".join(chunks))
+        except ProtocolError:
+            return None
+        return b"".join(pack_body(meta, blobs, local=True))
+
+    def end(self):
+        """Stop the child if it runs; give back its slot and files."""
+        import shutil
+        if self.life is not None:
+            os.close(self.life)        # the child's watcher kills its group
+            self.life = None
+        if self.pid is not None:
+            os.waitpid(self.pid, 0)
+            self.pid = None
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.slot.release()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def start_race(config, hosts, prepared):
+    """Start a Race of the PREPARED job if a localhost slot of HOSTS is
+    free and no wrapper waits for a slot; return it, or None."""
+    import tempfile
+    directory = os.path.join(config.dir, "slots")
+    if not others_queued(directory):
+        slot = take_free_slot(config, directory,
+                              [h for h in hosts if h.is_local])
+    else:
+        slot = None
+    if slot is None:
+        return None
+    meta, blobs, _ = prepared
+    tmp = tempfile.mkdtemp(prefix="distccpy-race-")
+    answer_r, answer_w = os.pipe()
+    life_r, life_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            close_other_fds([answer_w, life_r])
+            run_race_child(meta, blobs, tmp, answer_w, life_r)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(answer_w)
+    os.close(life_r)
+    return Race(pid, answer_r, life_w, slot, tmp)
+
+
+def others_queued(directory):
+    """Whether a wrapper holds the slot queue (it waits for a slot)."""
+    import fcntl
+    queue = os.open(os.path.join(directory, "queue"),
+                    os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(queue)
+
+
+def run_race_child(meta, blobs, tmp, answer_fd, life_fd):
+    """In the race's child: compile the job here and write the RESULT body
+    to ANSWER_FD; kill the whole group (the compiler too) once LIFE_FD
+    reads EOF."""
+    import signal
+    import tempfile
+    import threading
+    os.setpgid(0, 0)
+
+    def watch():
+        os.read(life_fd, 1)
+        os.killpg(0, signal.SIGKILL)
+    threading.Thread(target=watch, daemon=True).start()
+    tempfile.tempdir = tmp
+    body = compile_job(b"".join(pack_body(meta, blobs)),
+                       compiler=meta["compiler_path"])
+    for part in body:
+        write_all(answer_fd, part)
+
+
+def await_answer_racing(config, hosts, job, prepared, s, state):
+    """Like await_answer, but race the job here when that helps (see
+    above).  Returns (RESULT body, True if the local compile won)."""
+    import select
+    import time
+    if not config.race or config.save_temps or \
+            not any(h.is_local for h in hosts):
+        return await_answer(s), False
+    s.shutdown(1)
+    silence = s.gettimeout()
+    sent = heard = time.monotonic()
+    race = None
+    failed = False                   # a race that could not compile
+    try:
+        while True:
+            ready = select.select([s] + ([race.fd] if race else []), [], [],
+                                  RACE_POLL)[0]
+            now = time.monotonic()
+            if race is not None and race.fd in ready:
+                body = race.collect()
+                race = None
+                if body is not None:
+                    trace("%s: the local compile won the race" % job.source)
+                    return body, True
+                failed = True
+            elif s in ready:
+                heard = now
+                kind, body = read_answer_frame(s)
+                if kind != PROGRESS:
+                    if race is not None:
+                        trace("%s: the host won the race" % job.source)
+                    return body, False
+            elif now - heard > silence:
+                raise TransportError("the relay said nothing for %d s"
+                                     % silence, "is it stopped? distcc.py "
+                                     "--stop ends it, and the next job "
+                                     "starts one")
+            elif race is None and not failed and now - sent >= RACE_AFTER:
+                race = start_race(config, hosts, prepared)
+                if race is not None:
+                    trace("%s: racing it here too" % job.source)
+                    state.set_phase("race", "localhost")
+            elif race is not None and others_queued(
+                    os.path.join(config.dir, "slots")):
+                trace("%s: race given up, another job wants the slot"
+                      % job.source)
+                race.end()
+                race = None
+    finally:
+        if race is not None:
+            race.end()
 
 
 def collect_extra_files(names):
@@ -4027,9 +4348,13 @@ def compile_distributed(config, job, hosts, state):
                 if prepared is None:
                     prepared = prepare_with_cpp_slot(config, hosts, job,
                                                      state)
-                status = compile_remote(config, job, host, prepared, state)
+                status = compile_remote(config, job, hosts, host, prepared,
+                                        state)
             mark_host_good(config, host)
-            state.finish("remote", host=host.hostname)
+            if state.won_race:
+                state.finish("local", "won a race: %s" % host.hostname)
+            else:
+                state.finish("remote", host=host.hostname)
             return status
         except RelayLost as e:
             # Our own relay died (killed, or exiting as we connected): the

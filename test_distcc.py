@@ -455,6 +455,19 @@ class TestFraming(unittest.TestCase):
         frame = distcc.read_frame(io.BufferedReader(buf))
         return frame
 
+    def test_hung_up_tells_a_closed_peer_from_a_finished_writer(self):
+        import socket
+        relay, wrapper = socket.socketpair(socket.AF_UNIX)
+        try:
+            self.assertFalse(distcc.hung_up(relay))
+            wrapper.shutdown(socket.SHUT_WR)      # a job sent, answer awaited
+            self.assertFalse(distcc.hung_up(relay))
+            wrapper.close()
+            self.assertTrue(distcc.hung_up(relay))
+        finally:
+            relay.close()
+            wrapper.close()
+
     def test_roundtrip(self):
         cases = [
             # kind, job id, parts
@@ -1067,6 +1080,18 @@ class TestServer(unittest.TestCase):
             answers[job_id] = zlib.decompress(blobs[2])
         self.assertEqual(sorted(answers), [5, 6])
         self.assertTrue(answers[5].startswith(b"\x7fELF"))
+
+    def test_a_cancelled_job_gets_no_answer(self):
+        self.server.send(distcc.JOB, 1, job_parts(b"int f(void){return 1;}\n"))
+        self.server.send(distcc.CANCEL, 1, [b""])
+        self.server.send(distcc.JOB, 2, job_parts(b"int g(void){return 2;}\n"))
+        self.server.proc.stdin.close()      # the server ends after its jobs
+        frames = []
+        frame = self.server.receive()
+        while frame is not None:
+            frames.append(frame[:2])
+            frame = self.server.receive()
+        self.assertEqual(frames, [(distcc.RESULT, 2)])
 
     def test_compile_error_is_a_result(self):
         self.server.send(distcc.JOB, 1, job_parts(
@@ -2294,14 +2319,99 @@ exit $rc
         self.assertIn("limit %-3d ok" % os.cpu_count(), lines[1])
 
     def test_localhost_slots_compile_here(self):
+        # No races: a free localhost slot would win them all here, where
+        # the "host" is this machine (TestRace has them).
         env = dict(self.env, DISTCC_HOSTS="localhost/2 @distcc-test/2:%s"
-                   % DISTCC_PY)
+                   % DISTCC_PY, DISTCC_RACE="0")
         self.make(8, env)
         local = self.trace().count("local slot: ")
         remote = self.trace().count("compiled on distcc-test")
         self.assertEqual(local + remote, 8)
         self.assertGreater(local, 0)
         self.assertGreater(remote, 0)
+
+
+class TestRace(EndToEnd):
+    """A job left on a slow host races a free localhost slot: the first
+    answer is written, the host's compiler is stopped, and a job that
+    queues for a slot takes it back (see "Racing a straggler")."""
+
+    def setUp(self):
+        EndToEnd.setUp(self)
+        self.write("src/w.c", WARNING_SOURCE)
+        self.marker = os.path.join(self.work, "host-compiled")
+        # The host's gcc takes 2 s, then leaves a mark.
+        slow = self.host_with_gcc("slow", 'sleep 2; touch %s; exec %s "$@"'
+                                  % (self.marker, shutil.which("gcc")),
+                                  limit="/1")
+        self.env["DISTCC_HOSTS"] = slow + " localhost/1"
+        self.argv = ["gcc", "-O2", "-g", "-Wall", "-c", "src/w.c", "-o",
+                     "w.o"]
+
+    def test_the_local_compile_wins_and_the_host_job_is_cancelled(self):
+        started = time.monotonic()
+        r = self.distcc(self.argv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertLess(time.monotonic() - started, 1.9)
+        trace = self.trace()
+        self.assertIn("racing it here too", trace)
+        self.assertIn("the local compile won the race", trace)
+        self.assertIn("1 local (1 won a race)", trace)
+        raced = self.read("w.o")
+        local = self.local(self.argv)
+        self.assertEqual(r.stderr, local.stderr)
+        self.assertIn(b"warning", r.stderr)
+        self.assertEqual(self.read("w.o"), raced)
+        deadline = time.monotonic() + 10
+        while "cancelled" not in self.trace() and \
+                time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("its wrapper is gone; cancelled", self.trace())
+        time.sleep(max(0.0, started + 2.5 - time.monotonic()))
+        self.assertFalse(os.path.exists(self.marker),
+                         "the host's compile went on")
+
+    def test_off(self):
+        r = self.distcc(self.argv, env=dict(self.env, DISTCC_RACE="0"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("racing", self.trace())
+        self.assertIn("compiled on distcc-test", self.trace())
+        self.assertTrue(os.path.exists(self.marker))
+
+    def test_a_queued_job_takes_the_slot_back(self):
+        # The first job's local compiler is slow too, so its race is still
+        # on when the second job comes.
+        real = shutil.which("gcc")
+        self.write("slowcc/gcc", '#!/bin/sh\ncase " $* " in *" -E "*|*" -v "*)'
+                   ' exec %s "$@";; esac\nsleep 1.5\nexec %s "$@"\n'
+                   % (real, real))
+        os.chmod(os.path.join(self.work, "slowcc/gcc"), 0o755)
+        env = dict(self.env, PATH=os.path.join(self.work, "slowcc") + ":" +
+                   self.env["PATH"])
+        first = subprocess.Popen(
+            [sys.executable, DISTCC_PY] + self.argv, cwd=self.work,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 10
+            while "racing it here too" not in self.trace() and \
+                    time.monotonic() < deadline and first.poll() is None:
+                time.sleep(0.02)
+            self.assertIn("racing it here too", self.trace())
+            self.write("src/b.c", "int b(void) { return 2; }\n")
+            r = self.distcc(["gcc", "-c", "src/b.c", "-o", "b.o"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("local slot: gcc -c src/b.c", self.trace())
+            self.assertIn("race given up, another job wants the slot",
+                          self.trace())
+            out, err = first.communicate(timeout=TIMEOUT)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.communicate(timeout=10)
+        self.assertEqual(first.returncode, 0, err)
+        remote = self.read("w.o")
+        self.local(self.argv)
+        self.assertEqual(self.read("w.o"), remote)
 
 
 class TestFaults(EndToEnd):
@@ -3446,9 +3556,13 @@ def measure_pinned(bench):
             modes.append(("distcc TCP", "distcc gcc", make_distcc_env(
                 bench, "dcc-ptcp", tcp_hosts)))
         walls = {mode: [] for mode, _, _ in modes}
+        busy = {mode: [] for mode, _, _ in modes}
         for _ in range(bench.runs):
             for mode, cc, env in modes:
+                before = read_cpu_busy()
                 wall, _, objdir = build_brotli(bench, cc, env, env is dpy, 0)
+                busy[mode].append([b - a for a, b in zip(before,
+                                                         read_cpu_busy())])
                 walls[mode].append(wall)
                 shutil.rmtree(objdir, ignore_errors=True)
         stop_distcc_py(bench, dpy)
@@ -3459,12 +3573,34 @@ def measure_pinned(bench):
           "%d rounds: median [min-max], s ==" % (BENCH_MAKE_JOBS, bench.runs))
     print("hosts: distcc.py '%s', distcc 'localhost/%d 127.0.0.1:PORT/2'"
           % (dpy_hosts.replace(bench.py, "PATH"), bench.pinned_local))
-    print("%-11s %-21s %s" % ("mode", "wall", "local/distributed"))
+    print("%-11s %-21s %-17s %s" % ("mode", "wall", "local/distributed",
+                                    "busy CPU 0, CPU 1"))
     for mode, _, _ in modes:
         speed_up = local / statistics.median(walls[mode])
         bench.results["pinned", mode] = speed_up
-        print("%-11s %s %6.2fx" % (mode, format_range(walls[mode], 1, 2),
-                                   speed_up))
+        print("%-11s %s %6.2fx           %s" % (
+            mode, format_range(walls[mode], 1, 2), speed_up,
+            ", ".join("%.1f" % statistics.median(cpu)
+                      for cpu in list(zip(*busy[mode]))[:2])))
+    print("(busy: seconds each CPU was not idle during the build, from "
+          "/proc/stat; anything else running counts too)")
+
+
+def read_cpu_busy():
+    """Return the seconds each CPU has spent not idle, from /proc/stat
+    (an empty list where there is none)."""
+    busy = []
+    try:
+        with open("/proc/stat") as f:
+            for line in f:
+                name, *ticks = line.split()
+                if name.startswith("cpu") and name != "cpu":
+                    ticks = [int(t) for t in ticks[:8]]
+                    busy.append((sum(ticks) - ticks[3] - ticks[4])
+                                / os.sysconf("SC_CLK_TCK"))
+    except OSError:
+        pass
+    return busy
 
 
 def measure_bytes(bench):
