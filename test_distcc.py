@@ -3584,6 +3584,14 @@ def measure_pinned(bench):
                       for cpu in list(zip(*busy[mode]))[:2])))
     print("(busy: seconds each CPU was not idle during the build, from "
           "/proc/stat; anything else running counts too)")
+    records, _ = distcc.read_stats(dpy["DISTCC_DIR"])
+    where = {}
+    for rec in records:
+        key = "won a race" if rec["reason"].startswith("won a race") \
+            else rec["outcome"]
+        where[key] = where.get(key, 0) + 1
+    print("distcc.py's jobs, per build: %s" % ", ".join(
+        "%.1f %s" % (n / bench.runs, key) for key, n in sorted(where.items())))
 
 
 def read_cpu_busy():
