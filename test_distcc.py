@@ -3202,6 +3202,10 @@ def copy_distcc_py(root):
     with open(path, "wb") as f:
         f.write(data)
     os.chmod(path, 0o755)
+    # One run writes its bytecode cache, as any install's first run does;
+    # otherwise the first wrappers of the first build each compile it.
+    run([path, "--version"], env=env_without_distcc(
+        DISTCC_PYTHON=sys.executable))
     return path, hashlib.sha256(data).hexdigest()
 
 
