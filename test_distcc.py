@@ -1296,9 +1296,9 @@ class TestJobState(unittest.TestCase):
         self.assertIn("3 jobs in flight", lines[0])
         self.assertEqual(lines[1].split(), ["host"] + list(distcc.PHASES))
         self.assertEqual(lines[2].split(), ["(here)", "1", "0", "0", "0",
-                                            "0", "0"])
+                                            "0", "0", "0"])
         self.assertEqual(lines[3].split(), ["box", "0", "0", "0", "2", "0",
-                                            "0"])
+                                            "0", "0"])
         self.assertEqual(lines[4].split(), ["11", "compile", "box", "10.0s",
                                             "a.c"])
         self.assertEqual(lines[-1], "finished: 1 job: 0 remote, 1 local "
@@ -2329,6 +2329,34 @@ exit $rc
         self.assertEqual(local + remote, 8)
         self.assertGreater(local, 0)
         self.assertGreater(remote, 0)
+
+
+class TestLocalNice(EndToEnd):
+    """A compile in a localhost slot yields to the wrappers and
+    preprocessors that feed the hosts; one that must run here does not."""
+
+    def test_localhost_slot_compiles_at_lower_priority(self):
+        if not os.path.exists("/proc/self/stat"):
+            self.skipTest("no /proc here")
+        real = shutil.which("gcc")
+        nices = os.path.join(self.work, "nices")
+        self.write("bin/gcc", '#!/bin/sh\nawk \'{print $19}\' /proc/$$/stat '
+                   '>>%s\nexec %s "$@"\n' % (nices, real))
+        os.chmod(os.path.join(self.work, "bin/gcc"), 0o755)
+        # A tie between free slots goes to the first host: localhost.
+        env = dict(self.env, DISTCC_HOSTS="localhost/1 @distcc-test/1:%s"
+                   % DISTCC_PY, PATH=os.path.join(self.work, "bin") + ":" +
+                   self.env["PATH"])
+        self.write("src/a.c", "int main(void) { return 0; }\n")
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "a.o"], env=env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("local slot: gcc -c src/a.c", self.trace())
+        r = self.distcc(["gcc", "a.o", "-o", "a.out"], env=env)   # a link
+        self.assertEqual(r.returncode, 0, r.stderr)
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        with open(nices) as f:
+            self.assertEqual([int(n) for n in f.read().split()],
+                             [min(19, base + distcc.LOCAL_SLOT_NICE), base])
 
 
 class TestRace(EndToEnd):
