@@ -193,12 +193,12 @@ DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
 DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
 RACE_AFTER = 0.5                     # seconds on a host before a local race
+RACE_POLL = 0.1                      # how often a waiting wrapper looks
 # Compiles in a localhost slot (and races) run at this nice: the wrappers
 # and preprocessors that feed the hosts go first, so the hosts never wait
 # for a CPU busy with a local compile.  In the pinned benchmark, 6 paired
 # rounds: 21.3 s against 24.2 s at nice 0 (median).
 LOCAL_SLOT_NICE = 10
-RACE_POLL = 0.1                      # how often a waiting wrapper looks
 RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
                                      # for this long, for every wrapper
 DEFAULT_REMOTE_COMMAND = "distcc.py"
@@ -4010,10 +4010,23 @@ def start_race(config, hosts, prepared):
     if slot is None:
         return None
     meta, blobs, _ = prepared
-    tmp = tempfile.mkdtemp(prefix="distccpy-race-")
+    try:
+        tmp = tempfile.mkdtemp(prefix="distccpy-race-")
+    except OSError as e:
+        trace("no race: %s" % e)
+        slot.release()
+        return None
     answer_r, answer_w = os.pipe()
     life_r, life_w = os.pipe()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as e:
+        trace("no race: %s" % e)
+        for fd in (answer_r, answer_w, life_r, life_w):
+            os.close(fd)
+        os.rmdir(tmp)
+        slot.release()
+        return None
     if pid == 0:
         code = 1
         try:
