@@ -1308,7 +1308,6 @@ class Server:
         self.slots = threading.BoundedSemaphore(jobs)
         self.threads = []             # job threads, joined at EOF
         self.running = 0              # jobs in flight (under write_lock)
-        self.streams = {}             # job id -> TextStream still coming
         self.controls = {}            # job id -> JobControl, while it runs
         threading.Thread(target=self.beat, daemon=True).start()
 
@@ -1332,23 +1331,18 @@ class Server:
                 break
             kind, job_id, body = frame
             args = (job_id, body)
-            if kind == TEXT:
-                stream = self.streams.get(job_id)
-                if stream is not None:  # else the job failed already
-                    stream.pieces.put(body)
-                    if not body:
-                        del self.streams[job_id]
-                continue
-            if kind == CANCEL:
+            if kind in (TEXT, CANCEL):
                 control = self.controls.get(job_id)
-                if control is not None:
+                if control is None:
+                    pass             # the job has ended already
+                elif kind == TEXT:
+                    control.pieces.put(body)
+                else:
                     control.cancel()
                 continue
             if kind == JOB:
                 target = self.run_job
                 args += (self.controls.setdefault(job_id, JobControl()),)
-                if job_streams(body):
-                    args += (self.streams.setdefault(job_id, TextStream()),)
             elif kind == QUERY:
                 target = self.answer_query
             else:
@@ -1358,8 +1352,8 @@ class Server:
             t = threading.Thread(target=target, args=args, daemon=True)
             t.start()
             self.threads = [x for x in self.threads if x.is_alive()] + [t]
-        for stream in self.streams.values():
-            stream.pieces.put(b"")      # cut off: those jobs end
+        for control in list(self.controls.values()):
+            control.pieces.put(b"")     # cut off: streamed jobs end
         for t in self.threads:
             t.join()
 
@@ -1383,11 +1377,11 @@ class Server:
             if busy:
                 self.send(PROGRESS, 0, [b""])
 
-    def run_job(self, job_id, body, control, stream=None):
+    def run_job(self, job_id, body, control):
         with self.write_lock:
             self.running += 1
         try:
-            self.compile_and_answer(job_id, body, control, stream)
+            self.compile_and_answer(job_id, body, control)
         finally:
             self.controls.pop(job_id, None)
             with self.write_lock:
@@ -1397,7 +1391,7 @@ class Server:
         if not control.cancelled:
             self.send(kind, job_id, parts)
 
-    def compile_and_answer(self, job_id, body, control, stream):
+    def compile_and_answer(self, job_id, body, control):
         import shutil
         with self.slots:
             leftovers = []           # job dirs, removed after the answer
@@ -1405,7 +1399,7 @@ class Server:
             try:
                 if control.cancelled:
                     return
-                parts = compile_job(body, stream, leftovers, control=control)
+                parts = compile_job(body, leftovers, control=control)
             except (Rejected, ProtocolError) as e:
                 kind = "reject" if isinstance(e, Rejected) else "protocol"
                 parts = None
@@ -1424,15 +1418,14 @@ class Server:
                     shutil.rmtree(path, ignore_errors=True)
 
 
-def compile_job(body, stream=None, leftovers=None, compiler=None,
-                control=None):
+def compile_job(body, leftovers=None, compiler=None, control=None):
     """Run one JOB frame's compile in a private temp dir; return the RESULT
-    body parts.  STREAM is the TextStream of a job whose text comes in
-    TEXT frames.  With LEFTOVERS, a list, the temp dir is added to it for
+    body parts.  With LEFTOVERS, a list, the temp dir is added to it for
     the caller to remove (after the answer is out) instead of removed.
     COMPILER, a path, is the compiler to run instead of the one the job
     names (a race run by the client: see "Racing a straggler").  CONTROL,
-    a JobControl, learns the compiler's process group.
+    the job's JobControl, brings the text of a job that says "stream" and
+    learns the compiler's process group.
 
     Raises Rejected or ProtocolError for a job it will not run."""
     import shutil
@@ -1461,7 +1454,9 @@ def compile_job(body, stream=None, leftovers=None, compiler=None,
             k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
         raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
     family = meta.get("family")
-    source_text = decompress(blobs[0]) if stream is None else None
+    control = control or JobControl()
+    stream = meta.get("stream") is True
+    source_text = None if stream else decompress(blobs[0])
     original = decompress(blobs[1])
 
     root = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-"))
@@ -1492,7 +1487,7 @@ def compile_job(body, stream=None, leftovers=None, compiler=None,
             # clang names the file as the command line spells it.
             input_path = source_path
             input_arg = source if not source.startswith("/") else source_path
-        if stream is not None:
+        if stream:
             # The compiler starts now and reads the text from a FIFO as it
             # comes: its start-up overlaps the client's preprocessor.
             os.mkfifo(input_path, 0o600)
@@ -1527,8 +1522,7 @@ def compile_job(body, stream=None, leftovers=None, compiler=None,
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
         started = time.monotonic()
-        control = control or JobControl()
-        if stream is None:
+        if not stream:
             proc = subprocess.Popen(argv, cwd=work, env=child_env,
                                     stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE,
@@ -1542,8 +1536,7 @@ def compile_job(body, stream=None, leftovers=None, compiler=None,
             proc = subprocess.CompletedProcess(argv, proc.returncode, out,
                                                err)
         else:
-            proc = run_streamed(argv, work, child_env, input_path, stream,
-                                control)
+            proc = run_streamed(argv, work, child_env, input_path, control)
         compile_ms = round((time.monotonic() - started) * 1000)
         if proc.returncode < 0:
             raise OSError(errno.EINTR, describe_exit(proc.returncode,
@@ -1580,11 +1573,15 @@ def compile_job(body, stream=None, leftovers=None, compiler=None,
 
 
 class JobControl:
-    """What a CANCEL frame needs to stop a job: its compiler's process
-    group (its own session), once started and until reaped."""
+    """A job's line from the server's reader: the pieces of its TEXT
+    frames (compressed; b"" at the end), and what a CANCEL frame needs to
+    stop it, its compiler's process group (its own session), once started
+    and until reaped."""
 
     def __init__(self):
+        import queue
         import threading
+        self.pieces = queue.Queue()
         self.lock = threading.Lock()
         self.group = None
         self.cancelled = False
@@ -1619,28 +1616,11 @@ class JobControl:
                 pass  # it has just ended by itself
 
 
-class TextStream:
-    """The TEXT frames of a streamed job, from the server's reader to the
-    job's thread: compressed pieces, then b"" at the end."""
-
-    def __init__(self):
-        import queue
-        self.pieces = queue.Queue()
-
-
-def job_streams(body):
-    """Whether the JOB frame BODY says its text follows in TEXT frames."""
-    try:
-        meta, _ = unpack_meta(body)
-    except ProtocolError:
-        return False                 # compile_job reports it
-    return meta.get("stream") is True
-
-
-def run_streamed(argv, work, env, fifo, stream, control):
-    """Start ARGV, whose input is the FIFO, and write STREAM's text into
-    it as the pieces come; return the finished CompletedProcess.  CONTROL
-    (a JobControl) learns the compiler's process group.
+def run_streamed(argv, work, env, fifo, control):
+    """Start ARGV, whose input is the FIFO, and write the text of the
+    job's TEXT frames (CONTROL's pieces) into it as they come; return the
+    finished CompletedProcess.  CONTROL learns the compiler's process
+    group.
 
     Raises ProtocolError when the text is corrupt or never completes (the
     client went away); the compiler is killed then."""
@@ -1653,7 +1633,7 @@ def run_streamed(argv, work, env, fifo, stream, control):
                                 stderr=err, start_new_session=True)
         control.started(proc.pid)
         try:
-            feed_fifo(proc, fifo, stream)
+            feed_fifo(proc, fifo, control.pieces)
         except BaseException:
             control.stop()
             raise
@@ -1666,8 +1646,9 @@ def run_streamed(argv, work, env, fifo, stream, control):
                                            out.read(), err.read())
 
 
-def feed_fifo(proc, fifo, stream):
-    """Write STREAM's text into FIFO, which PROC reads (see run_streamed).
+def feed_fifo(proc, fifo, pieces):
+    """Write the text of PIECES (a queue of compressed pieces, b"" at the
+    end) into FIFO, which PROC reads (see run_streamed).
     A compiler that ends without reading (a bad option) ends the feeding;
     its own status and messages tell why."""
     import time
@@ -1685,7 +1666,7 @@ def feed_fifo(proc, fifo, stream):
         if fd is not None:
             os.set_blocking(fd, True)
         while True:
-            piece = stream.pieces.get()
+            piece = pieces.get()
             if not piece:
                 break
             try:
@@ -2823,9 +2804,7 @@ def read_answer_frame(s):
     try:
         frame = read_frame(SocketReader(s))
     except _socket.timeout:
-        raise TransportError("the relay said nothing for %d s"
-                             % s.gettimeout(), "is it stopped? distcc.py "
-                             "--stop ends it, and the next job starts one")
+        raise relay_silent(s.gettimeout())
     except (OSError, ProtocolError) as e:
         raise RelayLost("relay connection failed: %s" % e)
     if frame is None:
@@ -2836,6 +2815,13 @@ def read_answer_frame(s):
     if kind not in (RESULT, PROGRESS):
         raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
     return kind, body
+
+
+def relay_silent(seconds):
+    """The error for a relay that has said nothing for SECONDS."""
+    return TransportError("the relay said nothing for %d s" % seconds,
+                          "is it stopped? distcc.py --stop ends it, and the "
+                          "next job starts one")
 
 
 class SocketReader:
@@ -4109,10 +4095,7 @@ def await_answer_racing(config, hosts, host, job, prepared, s, state):
                         trace("%s: the host won the race" % job.source)
                     return body, False
             elif now - heard > silence:
-                raise TransportError("the relay said nothing for %d s"
-                                     % silence, "is it stopped? distcc.py "
-                                     "--stop ends it, and the next job "
-                                     "starts one")
+                raise relay_silent(silence)
             elif race is None and not failed and now - sent >= RACE_AFTER:
                 race = start_race(config, hosts, prepared)
                 if race is not None:
