@@ -1106,11 +1106,7 @@ def build_ssh_argv(ssh_command, host, control_dir):
     argv += [
         # Never prompt for a password or a host key in the middle of a build.
         "-o", "BatchMode=yes",
-        # One master per host: a respawned relay reconnects without a
-        # handshake.  %C is a hash, so the socket path stays short.
-        "-o", "ControlMaster=auto",
-        "-o", "ControlPath=" + os.path.join(control_dir, "cm-%C"),
-        "-o", "ControlPersist=" + CONTROL_PERSIST,
+    ] + control_options(control_dir) + [
         # Notice a dead peer instead of waiting on it forever.
         "-o", "ServerAliveInterval=" + SERVER_ALIVE_INTERVAL,
         "-o", "ServerAliveCountMax=3",
@@ -1124,6 +1120,23 @@ def build_ssh_argv(ssh_command, host, control_dir):
     command = shlex.quote(host.command or DEFAULT_REMOTE_COMMAND) + " -i"
     argv += ["--", host.hostname, command]
     return argv
+
+
+def control_options(control_dir):
+    """The ssh options of a ControlMaster in CONTROL_DIR: one master per
+    host, so a respawned relay reconnects without a handshake.  None if
+    the socket's path would be too long for a Unix socket (ssh binds it
+    as PATH.<16 random characters>; %C is a 40-character hash): the
+    relay's own session does without, and the trace says so."""
+    path = os.path.join(control_dir, "cm-%C")
+    if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
+            SOCKET_PATH_LIMIT:
+        trace("no ssh ControlMaster: %s is too long a directory for its "
+              "socket; a shorter DISTCC_DIR lets relays share one"
+              % control_dir)
+        return ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    return ["-o", "ControlMaster=auto", "-o", "ControlPath=" + path,
+            "-o", "ControlPersist=" + CONTROL_PERSIST]
 
 
 def find_banner(f):

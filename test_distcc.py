@@ -981,6 +981,15 @@ class TestSshArgv(unittest.TestCase):
             self.assertIn(option, joined)
         self.assertEqual(argv[argv.index("-l") + 1], "me")
 
+    def test_no_control_master_where_its_socket_path_is_too_long(self):
+        # ssh binds DIR/cm-<40 hex>.<16 random>: 61 bytes past DIR.
+        fits = "/" + "d" * (distcc.SOCKET_PATH_LIMIT - 62)
+        for directory, master in ((fits, "auto"), (fits + "d", "no")):
+            argv = distcc.build_ssh_argv(["ssh"], distcc.parse_host("@box"),
+                                         directory)
+            self.assertIn("ControlMaster=" + master, argv)
+            self.assertEqual("ControlPath=none" in argv, master == "no")
+
     def test_default_command(self):
         argv = distcc.build_ssh_argv(["ssh"], distcc.parse_host("@box"), "/d")
         self.assertEqual(argv[-1], "distcc.py -i")
@@ -1464,6 +1473,24 @@ class TestRelay(EndToEnd):
         self.assertEqual(self.sshd.auth_count() - before, 1,
                          "8 compiles should cost one ssh authentication")
         self.assertEqual(self.trace().count("compiled on distcc-test"), 8)
+
+    def test_a_long_distcc_dir_does_without_a_control_master(self):
+        # Room for the relay's socket, not for ssh's master socket.
+        self.distcc_dir = os.path.join(self.work, "long-distcc-dir-")
+        self.distcc_dir += "x" * (distcc.SOCKET_PATH_LIMIT - 45 -
+                                  len(self.distcc_dir))
+        self.env["DISTCC_DIR"] = self.distcc_dir
+        self.write("src/a.c", "int a(int x) { return x + 1; }\n")
+        for _ in range(2):
+            r = self.distcc(["gcc", "-c", "src/a.c", "-o", "a.o"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(self.trace().count("compiled on distcc-test"), 2,
+                         self.trace())
+        self.assertIn("no ssh ControlMaster: %s is too long"
+                      % self.distcc_dir, self.trace())
+        remote = self.read("a.o")
+        self.local(["gcc", "-c", "src/a.c", "-o", "a.o"])
+        self.assertEqual(self.read("a.o"), remote)
 
     def test_racing_cold_wrappers_start_one_relay(self):
         n = 12
