@@ -1778,6 +1778,7 @@ class JobState:
         # As the command line spells it, minus what would break the line.
         self.source = source.replace("\t", " ").replace("\n", " ")
         self.started = time.time()
+        self.sent = 0.0                 # when the job last left for a host
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
         self.won_race = False           # a local race beat the host
@@ -1786,8 +1787,8 @@ class JobState:
 
     def set_phase(self, phase, host="-"):
         """Show PHASE (and HOST) in --monitor."""
-        text = "%-*s\t%.3f\t%s\t%s\n" % (PHASE_WIDTH, phase, self.started,
-                                         host, self.source)
+        text = "%-*s\t%.3f\t%.3f\t%s\t%s\n" % (
+            PHASE_WIDTH, phase, self.started, self.sent, host, self.source)
         line = text.encode("utf-8", "surrogateescape")
         try:
             if self.fd is None:
@@ -1893,8 +1894,9 @@ def read_stats(directory, offset=None):
 
 
 def read_job_states(directory):
-    """Return the jobs in flight as dicts (pid, phase, started, host,
-    source), oldest first; lines of wrappers that died are removed."""
+    """Return the jobs in flight as dicts (pid, phase, started, sent,
+    host, source), oldest first; lines of wrappers that died are
+    removed."""
     jobs = []
     folder = os.path.join(directory, "jobs")
     try:
@@ -1917,15 +1919,15 @@ def read_job_states(directory):
         except OSError:
             continue
         fields = text.rstrip("\n").split("\t")
-        if len(fields) != 4:
+        if len(fields) != 5:
             continue  # being rewritten at this instant
         try:
-            started = float(fields[1])
+            started, sent = float(fields[1]), float(fields[2])
         except ValueError:
             continue
         jobs.append({"pid": int(name), "phase": fields[0].strip(),
-                     "started": started, "host": fields[2],
-                     "source": fields[3]})
+                     "started": started, "sent": sent, "host": fields[3],
+                     "source": fields[4]})
     jobs.sort(key=lambda job: job["started"])
     return jobs
 
@@ -3814,6 +3816,7 @@ def compile_remote(config, job, hosts, host, prepared, state, answer=None):
         meta["save_temps"] = True
     if answer is None:
         trace_send(job, host, prepared)
+        state.sent = time.time()
         state.set_phase("send", host.hostname)
         started = time.monotonic()
         s = open_job(config, host, pack_body(meta, [packed, original],
@@ -3901,6 +3904,7 @@ def compile_streamed(config, job, hosts, host, state, box):
         if "broken" in link:
             raise RelayLost("relay connection failed: %s" % link["broken"])
         trace_send(job, host, box["prepared"])
+        state.sent = time.time()
         state.set_phase("send", host.hostname)
         body, state.won_race = await_answer_racing(
             config, hosts, host, job, box["prepared"], link["sock"], state)
@@ -3935,16 +3939,17 @@ def send_text(link, piece):
 #
 # At the end of a build the last jobs can sit on a busy or slow host while
 # this machine has nothing left to do.  A wrapper whose job has been on a
-# host for RACE_AFTER seconds, when a localhost slot of DISTCC_HOSTS is
-# free and no other wrapper waits for any slot, also compiles the job here:
-# a child runs the server's compile_job on the same text, with the local
-# compiler.  Whichever answer comes first is written, through the same
-# code, so the object is the same either way.  The loser is stopped: the
-# local child is killed, and a wrapper that hangs up on its relay has the
-# host's compiler killed (the CANCEL frame; a host older than 0.3 finishes
-# the job, and the relay drops the answer).  A race only takes CPU nobody
-# asked for: it holds the localhost slot, and it ends as soon as another
-# wrapper queues for a slot.  DISTCC_RACE=0 turns it off.
+# host for RACE_AFTER seconds, when a localhost slot of DISTCC_HOSTS is free,
+# no other wrapper waits for any slot and no job sent after it still waits on
+# a host (see race_turn), also compiles the job here: a child runs the
+# server's compile_job on the same text, with the local compiler.  Whichever
+# answer comes first is written, through the same code, so the object is the
+# same either way.  The loser is stopped: the local child is killed, and a
+# wrapper that hangs up on its relay has the host's compiler killed (the
+# CANCEL frame; a host older than 0.3 finishes the job, and the relay drops
+# the answer).  A race only takes CPU nobody asked for: it holds the
+# localhost slot, and it ends as soon as another wrapper queues for a slot.
+# DISTCC_RACE=0 turns it off.
 
 
 class Race:
@@ -3996,15 +4001,19 @@ class Race:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def start_race(config, hosts, prepared):
-    """Start a Race of the PREPARED job if a localhost slot of HOSTS is
-    free and no wrapper waits for a slot; return it, or None."""
+def start_race(config, hosts, prepared, state):
+    """Start a Race of the PREPARED job (whose STATE is in the jobs
+    directory) if a localhost slot of HOSTS is free, no wrapper waits for
+    a slot and this job is the one to race; return it, or None."""
     import tempfile
     directory = os.path.join(config.dir, "slots")
     if not others_queued(directory):
         slot = take_free_slot(config, directory,
                               [h for h in hosts if h.is_local])
     else:
+        slot = None
+    if slot is not None and not race_turn(config, state):
+        slot.release()
         slot = None
     if slot is None:
         return None
@@ -4037,6 +4046,17 @@ def start_race(config, hosts, prepared):
     os.close(answer_w)
     os.close(life_r)
     return Race(pid, answer_r, life_w, slot, tmp)
+
+
+def race_turn(config, state):
+    """Whether the job of STATE is the one to race: none sent later still
+    waits on a host.  The job sent last has got least far there, so a
+    fresh start here is likeliest to beat it, and cancelling it gives
+    its host back to the jobs that are further on."""
+    me = os.getpid()
+    return not any(job["sent"] > state.sent and job["pid"] != me and
+                   job["phase"] in ("send", "compile")
+                   for job in read_job_states(config.dir))
 
 
 def others_queued(directory):
@@ -4100,6 +4120,8 @@ def await_answer_racing(config, hosts, host, job, prepared, s, state):
                     trace("%s: the local compile won the race" % job.source)
                     return body, True
                 failed = True
+                state.sent = 0.0     # no longer in the way of other races
+                state.set_phase("compile", host.hostname)
             elif s in ready:
                 heard = now
                 kind, body = read_answer_frame(s)
@@ -4110,7 +4132,7 @@ def await_answer_racing(config, hosts, host, job, prepared, s, state):
             elif now - heard > silence:
                 raise relay_silent(silence)
             elif race is None and not failed and now - sent >= RACE_AFTER:
-                race = start_race(config, hosts, prepared)
+                race = start_race(config, hosts, prepared, state)
                 if race is not None:
                     trace("%s: racing it here too" % job.source)
                     state.set_phase("race", "localhost")

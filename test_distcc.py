@@ -1244,7 +1244,7 @@ class TestJobState(unittest.TestCase):
         child.wait()
         path = distcc.job_state_path(self.dir, child.pid)
         with open(path, "w") as f:
-            f.write("compile   \t1.0\tbox\tgone.c\n")
+            f.write("compile   \t1.0\t1.5\tbox\tgone.c\n")
         self.assertEqual(distcc.read_job_states(self.dir), [])
         self.assertFalse(os.path.exists(path))
 
@@ -2432,6 +2432,53 @@ class TestRace(EndToEnd):
         self.assertNotIn("racing", self.trace())
         self.assertIn("compiled on distcc-test", self.trace())
         self.assertTrue(os.path.exists(self.marker))
+
+    def test_the_job_sent_last_races_first(self):
+        # Two jobs on a host with two slots; the test holds the localhost
+        # slot until both have been there longer than RACE_AFTER.
+        slow = self.host_with_gcc("slow2", 'sleep 4; exec %s "$@"'
+                                  % shutil.which("gcc"), limit="/2")
+        env = dict(self.env, DISTCC_HOSTS=slow + " localhost/1")
+        slots = os.path.join(self.distcc_dir, "slots")
+        os.makedirs(slots, mode=0o700, exist_ok=True)
+        held = distcc.try_slot(slots, distcc.parse_host("localhost").key() +
+                               ".0")
+        self.assertIsNotNone(held)
+        self.write("src/b.c", "int b(void) { return 2; }\n")
+        procs = []
+        try:
+            for source in ("src/w.c", "src/b.c"):
+                procs.append(subprocess.Popen(
+                    [sys.executable, DISTCC_PY, "gcc", "-c", source, "-o",
+                     source[4:-2] + ".o"], cwd=self.work, env=env,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                deadline = time.monotonic() + 10
+                while "send %s to" % source not in self.trace() and \
+                        time.monotonic() < deadline:
+                    time.sleep(0.02)
+            time.sleep(distcc.RACE_AFTER + 0.3)
+            self.assertNotIn("racing", self.trace())
+            os.close(held)
+            held = None
+            for p in procs:
+                out, err = p.communicate(timeout=TIMEOUT)
+                self.assertEqual(p.returncode, 0, err)
+        finally:
+            if held is not None:
+                os.close(held)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate(timeout=10)
+        trace = self.trace()
+        sends = [line for line in trace.splitlines() if " wrapper: send " in
+                 line]
+        last = sends[-1].split(" wrapper: send ")[1].split(" to ")[0]
+        races = [line for line in trace.splitlines() if "racing it here too"
+                 in line]
+        self.assertEqual(len(sends), 2, trace)
+        self.assertTrue(races, trace)
+        self.assertIn("%s: racing it here too" % last, races[0])
 
     def test_a_queued_job_takes_the_slot_back(self):
         # The first job's local compiler is slow too, so its race is still
