@@ -1124,10 +1124,11 @@ def build_ssh_argv(ssh_command, host, control_dir):
 
 def control_options(control_dir):
     """The ssh options of a ControlMaster in CONTROL_DIR: one master per
-    host, so a respawned relay reconnects without a handshake.  None if
-    the socket's path would be too long for a Unix socket (ssh binds it
-    as PATH.<16 random characters>; %C is a 40-character hash): the
-    relay's own session does without, and the trace says so."""
+    host, so a respawned relay reconnects without a handshake.  Where the
+    socket's path would be too long for a Unix socket (ssh binds it as
+    PATH.<16 random characters>; %C is a 40-character hash), options that
+    turn the master off: the relay's own session does without, and the
+    trace says so."""
     path = os.path.join(control_dir, "cm-%C")
     if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
             SOCKET_PATH_LIMIT:

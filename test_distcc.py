@@ -3516,7 +3516,11 @@ def format_ratio(numerator, denominator):
     return "%.2fx" % (numerator / denominator)
 
 
+# The machines are shared and noisy: the bars that hinge on a few percent
+# get more rounds than -n.
 BENCH_TINY_ROUNDS = 4                # times -n, for the tiny file
+BENCH_LARGE_ROUNDS = 2               # times -n, for the large files
+BENCH_PINNED_ROUNDS = 2              # times -n, for section 3
 
 
 def measure_per_job(bench):
@@ -3548,7 +3552,7 @@ def measure_per_job(bench):
                   ("distcc ssh", ["distcc"], make_distcc_env(
                       bench, "dcc-ssh", "@distcc-test", ssh=True))]
     print("\n== 1. Per job, %s, %d rounds: median [min-max], ms ==" % (
-        " ".join(BENCH_CFLAGS), bench.runs))
+        " ".join(BENCH_CFLAGS), bench.runs * BENCH_LARGE_ROUNDS))
     print("%-9s %-15s %-21s %7s  %-21s %9s" % (
         "file", "mode", "wall", "+wall", "client CPU", "background"))
     for compiler, path in (("gcc", "tiny.c"), ("g++", "light.cc")):
@@ -3556,8 +3560,10 @@ def measure_per_job(bench):
                      src, bench.log)      # the warm relay starts, knows both
     for label, compiler, path, flags in files:
         argv = [compiler] + BENCH_CFLAGS + flags + ["-c", path, "-o", "out.o"]
-        # A tiny job's extra time is a few ms in a noisy 50: more rounds.
-        rounds = bench.runs * (BENCH_TINY_ROUNDS if label == "tiny.c" else 1)
+        # A tiny job's extra time is a few ms in a noisy 50, a large one's
+        # a few percent of a compile that varies by 20%: more rounds.
+        rounds = bench.runs * (BENCH_TINY_ROUNDS if label == "tiny.c" else
+                               BENCH_LARGE_ROUNDS)
         warm_before = read_side_cpu(bench, warm)
         walls = {mode: [] for mode, _, _ in modes}
         cpus = {mode: [] for mode, _, _ in modes}
@@ -3667,7 +3673,8 @@ def measure_pinned(bench):
                 bench, "dcc-ptcp", tcp_hosts)))
         walls = {mode: [] for mode, _, _ in modes}
         busy = {mode: [] for mode, _, _ in modes}
-        for _ in range(bench.runs):
+        rounds = bench.runs * BENCH_PINNED_ROUNDS
+        for _ in range(rounds):
             for mode, cc, env in modes:
                 before = read_cpu_busy()
                 wall, _, objdir = build_brotli(bench, cc, env, env is dpy, 0)
@@ -3680,7 +3687,7 @@ def measure_pinned(bench):
         os.sched_setaffinity(sshd_pid, affinity)
     local = statistics.median(walls["local gcc"])
     print("\n== 3. Pinned: make -j%d on CPU 0, sshd and distccd on CPU 1, "
-          "%d rounds: median [min-max], s ==" % (BENCH_MAKE_JOBS, bench.runs))
+          "%d rounds: median [min-max], s ==" % (BENCH_MAKE_JOBS, rounds))
     print("hosts: distcc.py '%s', distcc 'localhost/%d 127.0.0.1:PORT/2'"
           % (dpy_hosts.replace(bench.py, "PATH"), bench.pinned_local))
     print("%-11s %-21s %-17s %s" % ("mode", "wall", "local/distributed",
@@ -3701,7 +3708,7 @@ def measure_pinned(bench):
             else rec["outcome"]
         where[key] = where.get(key, 0) + 1
     print("distcc.py's jobs, per build: %s" % ", ".join(
-        "%.1f %s" % (n / bench.runs, key) for key, n in sorted(where.items())))
+        "%.1f %s" % (n / rounds, key) for key, n in sorted(where.items())))
 
 
 def read_cpu_busy():
