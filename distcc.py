@@ -1786,6 +1786,13 @@ class JobState:
         self.record = dict.fromkeys(STATS_FIELDS, 0)
         self.record.update(host="localhost", outcome="local", reason="")
 
+    def sending(self, host):
+        """The job leaves for HOST now: phase "send", and the time that
+        decides which job races (see race_turn)."""
+        import time
+        self.sent = time.time()
+        self.set_phase("send", host)
+
     def set_phase(self, phase, host="-"):
         """Show PHASE (and HOST) in --monitor."""
         text = "%-*s\t%.3f\t%.3f\t%s\t%s\n" % (
@@ -3817,8 +3824,7 @@ def compile_remote(config, job, hosts, host, prepared, state, answer=None):
         meta["save_temps"] = True
     if answer is None:
         trace_send(job, host, prepared)
-        state.sent = time.time()
-        state.set_phase("send", host.hostname)
+        state.sending(host.hostname)
         started = time.monotonic()
         s = open_job(config, host, pack_body(meta, [packed, original],
                                              local=True))
@@ -3905,8 +3911,7 @@ def compile_streamed(config, job, hosts, host, state, box):
         if "broken" in link:
             raise RelayLost("relay connection failed: %s" % link["broken"])
         trace_send(job, host, box["prepared"])
-        state.sent = time.time()
-        state.set_phase("send", host.hostname)
+        state.sending(host.hostname)
         body, state.won_race = await_answer_racing(
             config, hosts, host, job, box["prepared"], link["sock"], state)
     finally:
@@ -4008,15 +4013,13 @@ def start_race(config, hosts, prepared, state):
     a slot and this job is the one to race; return it, or None."""
     import tempfile
     directory = os.path.join(config.dir, "slots")
-    if not others_queued(directory):
-        slot = take_free_slot(config, directory,
-                              [h for h in hosts if h.is_local])
-    else:
-        slot = None
-    if slot is not None and not race_turn(config, state):
-        slot.release()
-        slot = None
+    if others_queued(directory):
+        return None
+    slot = take_free_slot(config, directory, [h for h in hosts if h.is_local])
     if slot is None:
+        return None
+    if not race_turn(config, state):
+        slot.release()
         return None
     meta, blobs, _ = prepared
     try:
@@ -4106,7 +4109,7 @@ def await_answer_racing(config, hosts, host, job, prepared, s, state):
         return await_answer(s), False
     s.shutdown(1)
     silence = s.gettimeout()
-    sent = heard = time.monotonic()
+    since = heard = time.monotonic()
     race = None
     failed = False                   # a race that could not compile
     try:
@@ -4132,7 +4135,7 @@ def await_answer_racing(config, hosts, host, job, prepared, s, state):
                     return body, False
             elif now - heard > silence:
                 raise relay_silent(silence)
-            elif race is None and not failed and now - sent >= RACE_AFTER:
+            elif race is None and not failed and now - since >= RACE_AFTER:
                 race = start_race(config, hosts, prepared, state)
                 if race is not None:
                     trace("%s: racing it here too" % job.source)
