@@ -24,9 +24,12 @@ case ${DISTCC_WARM-1}/${0##*/}/$1 in 0/*|*/distcc*/-*|*/distcc*/) ;; *)
     trap '' PIPE
     # No 2>/dev/null on the read: the child takes the sh's stderr from
     # /proc while the sh waits there.
+    # E or O first: the job's output follows the line, for cat to copy
+    # to stderr or stdout (streams the child cannot write to itself).
     if echo "$$ $# $k" 2>/dev/null >>"$d/warm/in" && s= &&
         [ -p "$d/warm/r.$k" ]; then
-      read -r s <"$d/warm/r.$k"
+      { read -r s; case $s in E*) cat >&2; s=${s#E};; O*) cat; s=${s#O};;
+        esac; } <"$d/warm/r.$k"
       case $s in [0-9]|[0-9][0-9]|[0-9][0-9][0-9]) exit "$s";;
                  L) export DISTCC_WARM_LOCAL=1;; esac
     fi
@@ -2900,9 +2903,15 @@ def relay_stop(config):
 #                 wrapper, which goes straight to the local compiler), or
 #                 "P" (nothing was done: run the ordinary wrapper)
 #
-# Whatever a child cannot reproduce exactly answers "P": output into a file
-# without O_APPEND (the sh's file offset cannot be shared), a distcc.py that
-# changed on disk, a process that is not ours.
+# An output stream that opening /proc/PID/fd/N cannot reproduce is a file
+# without O_APPEND (make >log: a second open would not share the sh's file
+# offset, and would write over the log) or a socket.  The child keeps what
+# the job writes there in a memfd, and puts "E" (for stderr) or "O" (for
+# stdout) before its answer, followed by that output on the same FIFO:
+# the sh copies it with cat through its own descriptor, offset and all.
+# A silent job costs nothing extra.  Two such streams that are not one
+# file, and whatever else a child cannot reproduce exactly, answer "P": a
+# distcc.py that changed on disk, a process that is not ours.
 #
 # A sh does not wait for a dead warm process: it checks the pid and the
 # start time in warm.lock first (a zombie or a reused pid is dead), and the
@@ -2933,6 +2942,7 @@ class Warm:
     pidfd = None                     # a pidfd of that sh, where there is one
     claim = None                     # the path of the sh's claim, c.K
     temp = None                      # the temp file write_output may leave
+    capture = None                   # (b"E" or b"O", fd) of captured output
 
     @classmethod
     def client_gone(cls):
@@ -3255,7 +3265,16 @@ def serve_warm_job(wdir, request, run_job):
         sys.stderr.flush()
     except (OSError, ValueError):
         pass  # the build's pipe is gone, and so is the sh
-    answer_warm(fd, claim, pid, answer)
+    output = b""
+    if answer != b"P":               # after "P" the wrapper runs again
+        try:
+            output = captured_output()
+        except OSError as e:
+            output = b"distcc.py: warm start: output lost: %s\n" % (
+                str(e).encode())
+    if output:
+        answer = Warm.capture[0] + answer
+    answer_warm(fd, claim, pid, answer, output=output)
 
 
 def wait_for_reader(pid, fifo):
@@ -3316,7 +3335,8 @@ def run_warm_job(pid, nargs, run_job):
     if file_identity(os.path.realpath(invoked_as)) != \
             file_identity(sys.modules[__name__].__file__):
         return b"P"                  # another copy of distcc.py
-    if not (reopen_stream(proc, 1) and reopen_stream(proc, 2)):
+    kinds = [reopen_stream(proc, fd) for fd in (1, 2)]
+    if None in kinds or not capture_streams(proc, kinds):
         return b"P"
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
@@ -3335,9 +3355,11 @@ def run_warm_job(pid, nargs, run_job):
 
 
 def reopen_stream(proc, fd):
-    """Make our descriptor FD what the sh's FD is; False where opening it
-    again would not give the same stream (a file without O_APPEND, whose
-    offset we cannot share; a socket; a pipe nobody reads)."""
+    """Make our descriptor FD what the sh's FD is, if opening it again
+    gives the same stream; return "same", "capture" where it would not
+    (a file without O_APPEND, whose offset we cannot share; a socket), or
+    None where nothing would do (a closed descriptor, a pipe nobody
+    reads)."""
     import stat
     path = "%s/fd/%d" % (proc, fd)
     flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK
@@ -3347,33 +3369,79 @@ def reopen_stream(proc, fd):
             with open("%s/fdinfo/%d" % (proc, fd), "rb") as f:
                 info = dict(line.split(b":", 1) for line in f if b":" in line)
             if not int(info[b"flags"], 8) & os.O_APPEND:
-                return False
+                return "capture"
             flags |= os.O_APPEND
         elif stat.S_ISSOCK(st.st_mode):
-            return False
+            return "capture"
         new = os.open(path, flags)
     except (OSError, KeyError, ValueError):
-        return False
+        return None
     os.set_blocking(new, True)
     os.dup2(new, fd)
     os.close(new)
+    return "same"
+
+
+def capture_streams(proc, kinds):
+    """Point our stdout and stderr, where KINDS (from reopen_stream, for
+    fds 1 and 2) says "capture", at one memfd whose content the sh copies
+    (see Warm start); return False if that cannot be done: two captured
+    streams that are not the same file (one copy cannot feed both), or no
+    memfd."""
+    fds = [fd for fd, kind in zip((1, 2), kinds) if kind == "capture"]
+    if not fds:
+        return True
+    if len(fds) == 2:
+        one, two = (os.stat("%s/fd/%d" % (proc, fd)) for fd in fds)
+        if (one.st_dev, one.st_ino) != (two.st_dev, two.st_ino):
+            return False
+    try:
+        memfd = os.memfd_create("distcc.py-output", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        return False                 # a kernel before 3.17
+    for fd in fds:
+        os.dup2(memfd, fd)
+    os.close(memfd)
+    Warm.capture = (b"E" if 2 in fds else b"O", fds[0])
     return True
 
 
-def answer_warm(fd, claim, pid, answer, patience=60.0):
-    """Write ANSWER to the reply FIFO FD and hold it open until the sh
-    PID (None: unknown) has read it, for up to PATIENCE seconds (a FIFO
-    nobody holds open drops its data); then free the slot: remove CLAIM."""
+def captured_output():
+    """Return what the job wrote into its captured stream (b"" if none
+    was captured)."""
+    if Warm.capture is None:
+        return b""
+    fd = Warm.capture[1]
+    chunks, offset = [], 0
+    while True:
+        chunk = os.pread(fd, 1 << 20, offset)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        offset += len(chunk)
+
+
+def answer_warm(fd, claim, pid, answer, patience=60.0, output=b""):
+    """Write ANSWER and then OUTPUT (see Warm start) to the reply FIFO FD,
+    as fast as the sh PID (None: unknown) reads them, and hold it open
+    until it has read all, for up to PATIENCE seconds (a FIFO nobody holds
+    open drops its data); then free the slot: remove CLAIM.  Closing FD is
+    the end of OUTPUT for the sh's cat."""
     import fcntl
     import termios
     import time
     try:
-        os.write(fd, answer + b"\n")
+        pending = memoryview(answer + b"\n" + output)
         unread = bytearray(4)
         deadline = time.monotonic() + patience
         while time.monotonic() < deadline:
+            if pending:
+                try:
+                    pending = pending[os.write(fd, pending):]
+                except BlockingIOError:
+                    pass             # the FIFO is full until the sh reads
             fcntl.ioctl(fd, termios.FIONREAD, unread)
-            if not any(unread):
+            if not pending and not any(unread):
                 break                # read
             if pid is not None:
                 os.kill(pid, 0)      # OSError: the sh is gone

@@ -2097,33 +2097,65 @@ class TestWarm(EndToEnd):
         self.assertEqual(self.warm_jobs(), 1)
         self.assertNotIn("DISTCC_WARM_LOCAL", r.stderr.decode())
 
-    def test_output_into_a_plain_file_is_not_clobbered(self):
-        """A file without O_APPEND cannot be shared from another process:
-        the ordinary wrapper writes there, after what is in it."""
+    def test_output_into_a_plain_file_is_copied_by_the_sh(self):
+        """A file without O_APPEND (make >log) cannot be opened again from
+        another process without clobbering it: the child keeps the output
+        and the sh copies it through its own descriptor, after what is in
+        the file and before what comes next.  More than a FIFO holds, too."""
         self.launch(["gcc", "-c", "src/a.c", "-o", "obj/first.o"])
         self.warm_pid()
+        # 600 unused variables: about 90 KB of warnings, over a FIFO's 64.
+        self.write("src/noisy.c", "int f(void) {\n%s  return 0;\n}\n"
+                   % "".join("  int unused%d;\n" % i for i in range(600)))
+        argv = ["gcc", "-Wall", "-c", "src/noisy.c", "-o", "obj/n.o"]
+        local = run(argv, cwd=self.work, env=self.env)
+        self.assertGreater(len(local.stderr), 65536)
         out = os.path.join(self.work, "build.log")
         with open(out, "wb") as f:
             f.write(b"make: entering\n")
             f.flush()
-            r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
-                             "obj/w.o"], stdout=f, stderr=subprocess.STDOUT)
+            r = self.launch(argv, stdout=f, stderr=subprocess.STDOUT)
             f.write(b"make: leaving\n")
         self.assertEqual(r.returncode, 0)
         with open(out, "rb") as f:
-            text = f.read()
-        self.assertTrue(text.startswith(b"make: entering\n"), text)
-        self.assertIn(b"unused variable", text)
-        self.assertTrue(text.endswith(b"make: leaving\n"), text)
-        self.assertEqual(self.warm_jobs(), 0)
-        # Appending (make >>log) is served warm.
+            self.assertEqual(f.read(), b"make: entering\n" + local.stderr +
+                             b"make: leaving\n")
+        self.assertEqual(self.warm_jobs(), 1, self.trace())
+        # Only stderr into a plain file, stdout a pipe.
+        err = os.path.join(self.work, "err.log")
+        with open(err, "wb") as f:
+            r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
+                             "obj/w.o"], stderr=f)
+        self.assertEqual(r.returncode, 0)
+        self.assertEqual(r.stdout, b"")
+        with open(err, "rb") as f:
+            self.assertIn(b"unused variable", f.read())
+        self.assertEqual(self.warm_jobs(), 2)
+        # A compile error: its status and its message, the same way.
+        with open(err, "wb") as f:
+            r = self.launch(["gcc", "-c", "src/bad.c", "-o", "obj/b.o"],
+                            stderr=f)
+        self.assertEqual(r.returncode, 1)
+        with open(err, "rb") as f:
+            self.assertIn(b"nope", f.read())
+        self.assertEqual(self.warm_jobs(), 3)
+        # Two different plain files: one copy cannot feed both, so the
+        # ordinary wrapper runs.
+        with open(out, "wb") as f, open(err, "wb") as g:
+            r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
+                             "obj/w.o"], stdout=f, stderr=g)
+        self.assertEqual(r.returncode, 0)
+        with open(err, "rb") as f:
+            self.assertIn(b"unused variable", f.read())
+        self.assertEqual(self.warm_jobs(), 3)
+        # Appending (make >>log) is written to directly.
         with open(out, "ab") as f:
             r = self.launch(["gcc", "-Wall", "-c", "src/warn.c", "-o",
                              "obj/w.o"], stdout=f, stderr=subprocess.STDOUT)
         self.assertEqual(r.returncode, 0)
-        self.assertEqual(self.warm_jobs(), 1)
+        self.assertEqual(self.warm_jobs(), 4)
         with open(out, "rb") as f:
-            self.assertEqual(f.read().count(b"unused variable"), 2)
+            self.assertEqual(f.read().count(b"unused variable"), 1)
 
     def test_a_killed_warm_process_is_replaced(self):
         """SIGKILL leaves the directory behind: the next job sees the dead
