@@ -3533,6 +3533,14 @@ def build_brotli(bench, cc, env, distcc_py=False, cpu=None):
     return wall, cpu_time, objdir
 
 
+def rotated(modes, i):
+    """MODES in the order of round I: each round starts one further on, so
+    that no mode always follows the same one (a compile can leave the
+    next one warm caches, or a busy sshd)."""
+    i %= len(modes)
+    return modes[i:] + modes[:i]
+
+
 def format_range(values, scale=1e3, digits=0):
     """Return 'median [min-max]' of VALUES times SCALE."""
     import statistics
@@ -3551,7 +3559,7 @@ def format_ratio(numerator, denominator):
 # The machines are shared and noisy: the bars that hinge on a few percent
 # get more rounds than -n.
 BENCH_TINY_ROUNDS = 4                # times -n, for the tiny file
-BENCH_LARGE_ROUNDS = 2               # times -n, for the large files
+BENCH_LARGE_ROUNDS = 4               # times -n, for the large files
 BENCH_PINNED_ROUNDS = 2              # times -n, for section 3
 
 
@@ -3601,8 +3609,8 @@ def measure_per_job(bench):
         cpus = {mode: [] for mode, _, _ in modes}
         side = {mode: [0.0] * rounds for mode, _, _ in modes}
         side["distcc.py cold"] = []
-        for _ in range(rounds):
-            for mode, prefix, env in modes:
+        for i in range(rounds):
+            for mode, prefix, env in rotated(modes, i):
                 if env is cold:
                     stop_distcc_py(bench, cold)
                 wall, cpu = time_command(prefix + argv, env, src, bench.log)
@@ -3656,8 +3664,8 @@ def measure_builds(bench):
                       bench, "dcc-bssh", "@distcc-test/%d" % BENCH_MAKE_JOBS,
                       ssh=True))]
     results = {mode: [] for mode, _, _ in modes}
-    for _ in range(bench.runs):
-        for mode, cc, env in modes:
+    for i in range(bench.runs):
+        for mode, cc, env in rotated(modes, i):
             if env is traced and os.path.exists(traced["DISTCC_LOG"]):
                 os.remove(traced["DISTCC_LOG"])
             wall, cpu, objdir = build_brotli(bench, cc, env, env is traced)
@@ -3706,8 +3714,8 @@ def measure_pinned(bench):
         walls = {mode: [] for mode, _, _ in modes}
         busy = {mode: [] for mode, _, _ in modes}
         rounds = bench.runs * BENCH_PINNED_ROUNDS
-        for _ in range(rounds):
-            for mode, cc, env in modes:
+        for i in range(rounds):
+            for mode, cc, env in rotated(modes, i):
                 before = read_cpu_busy()
                 wall, _, objdir = build_brotli(bench, cc, env, env is dpy, 0)
                 busy[mode].append([b - a for a, b in zip(before,
@@ -3978,7 +3986,8 @@ def run_benchmark(argv):
     started = time.monotonic()
     become_subreaper()
     bench = types.SimpleNamespace(
-        runs=args.runs, pinned_local=args.pinned_local, sshd=SshServer(), distcc_py_envs=[], distccds=[],
+        runs=args.runs, pinned_local=args.pinned_local, sshd=SshServer(),
+        distcc_py_envs=[], distccds=[],
         results={}, traced=None,
         env=env_without_distcc(LC_ALL="C", DISTCC_PYTHON=sys.executable),
         root=tempfile.mkdtemp(prefix="distccpy-bench-"),
