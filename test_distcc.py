@@ -1027,19 +1027,46 @@ class TestSshArgv(unittest.TestCase):
 class ServerProcess:
     """distcc.py -i as a child, spoken to directly."""
 
-    def __init__(self, stdin_prefix=b""):
+    def __init__(self, cpus=None):
+        """CPUS: the set of CPUs the server may run on (its affinity)."""
         self.proc = subprocess.Popen(
             [sys.executable, DISTCC_PY, "-i"], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=cpus and (lambda: os.sched_setaffinity(0, cpus)))
         self.timer = threading.Timer(TIMEOUT, self.proc.kill)
         self.timer.start()
-        self.version = distcc.find_banner(self.proc.stdout)
+        self.version, self.cpus = distcc.find_banner(self.proc.stdout)
+        self.frames = None              # queue of frames read by a thread
 
     def send(self, kind, job_id, parts):
         distcc.write_frame(self.proc.stdin, kind, job_id, parts)
 
     def receive(self):
         return distcc.read_frame(self.proc.stdout)
+
+    def answer_within(self, seconds):
+        """The next frame other than PROGRESS, or None if none comes within
+        SECONDS.  A thread reads the frames from then on: use this or
+        receive(), never both."""
+        import queue
+        if self.frames is None:
+            self.frames = queue.Queue()
+
+            def read():
+                frame = True
+                while frame is not None:
+                    frame = distcc.read_frame(self.proc.stdout)
+                    self.frames.put(frame)
+            threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                frame = self.frames.get(
+                    timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            if frame is None or frame[0] != distcc.PROGRESS:
+                return frame
 
     def close(self):
         try:
@@ -1060,11 +1087,15 @@ class ServerProcess:
 
 
 def job_parts(source_text, compiler="gcc", args=("-O2",), source="t.c",
-              cwd="/client/dir", lang=None, original=b""):
+              cwd="/client/dir", lang=None, original=b"", stream=False):
+    """A JOB body; with STREAM, its text is to come in TEXT frames."""
     meta = {"compiler": compiler, "family": distcc.compiler_family(compiler),
             "args": list(args), "mode": "-c", "lang": lang, "source": source,
             "cwd": cwd, "env": {}, "color": False}
-    return distcc.pack_body(meta, [zlib.compress(source_text),
+    if stream:
+        meta["stream"] = True
+    return distcc.pack_body(meta, [b"" if stream else
+                                   zlib.compress(source_text),
                                    zlib.compress(original)])
 
 
@@ -1089,6 +1120,34 @@ class TestServer(unittest.TestCase):
             answers[job_id] = zlib.decompress(blobs[2])
         self.assertEqual(sorted(answers), [5, 6])
         self.assertTrue(answers[5].startswith(b"\x7fELF"))
+
+    @unittest.skipUnless(hasattr(os, "sched_setaffinity"),
+                         "needs CPU affinity (Linux)")
+    def test_jobs_beyond_its_cpus_wait_their_turn_in_order(self):
+        # One CPU: job 1 holds it until the last piece of its streamed text
+        # comes; jobs 2 and 3, whole and tiny, wait for it and then run in
+        # the order they came.
+        self.server.close()
+        self.server = ServerProcess(cpus={min(os.sched_getaffinity(0))})
+        self.assertEqual(self.server.cpus, 1)
+        pack = zlib.compressobj()
+        first = pack.compress(b"int f(void)") + pack.flush(zlib.Z_SYNC_FLUSH)
+        rest = pack.compress(b"{return 1;}\n") + pack.flush()
+        self.server.send(distcc.JOB, 1, job_parts(b"", stream=True))
+        self.server.send(distcc.TEXT, 1, [first])
+        for job_id in (2, 3):
+            self.server.send(distcc.JOB, job_id, job_parts(
+                b"int g%d(void){return 2;}\n" % job_id))
+        early = self.server.answer_within(1.5)
+        self.assertIsNone(early and early[:2],
+                          "a job ran beside the one holding the only CPU")
+        self.server.send(distcc.TEXT, 1, [rest])
+        self.server.send(distcc.TEXT, 1, [b""])
+        answers = [self.server.answer_within(TIMEOUT) for _ in range(3)]
+        self.assertEqual([a[:2] for a in answers if a], [
+            (distcc.RESULT, 1), (distcc.RESULT, 2), (distcc.RESULT, 3)])
+        for _, _, body in answers:
+            self.assertEqual(distcc.unpack_body(body)[0]["status"], 0)
 
     def test_a_cancelled_job_gets_no_answer(self):
         self.server.send(distcc.JOB, 1, job_parts(b"int f(void){return 1;}\n"))
@@ -1140,6 +1199,18 @@ class TestServer(unittest.TestCase):
             kind, job_id, body = self.server.receive()
             self.assertEqual((kind, job_id), (distcc.ERROR, i), words)
             self.assertIn(words, bytes(body).decode(), words)
+
+    def test_turns_keep_their_order_past_a_place_given_up(self):
+        turns = distcc.Turns(1)
+        first, second, third = turns.ticket(), turns.ticket(), turns.ticket()
+        self.assertTrue(first.acquire(blocking=False))
+        self.assertFalse(second.acquire(blocking=False))
+        turns.release(second)           # leaves the queue without a turn
+        self.assertFalse(third.acquire(blocking=False))
+        turns.release(first)
+        self.assertTrue(third.acquire(blocking=False))
+        turns.release(third)
+        self.assertEqual((turns.free, len(turns.waiting)), (1, 0))
 
     def test_paths_stay_in_the_job_dir(self):
         root = "/tmp/distccpy-x"
@@ -2375,7 +2446,7 @@ exit $rc
         self.assertIn("compiler differs: gcc: ", lines[0])
         self.assertIn("clang version", lines[0])
         # Without /LIMIT, a host's limit is the CPU count it reported.
-        self.assertIn("limit %-3d ok" % os.cpu_count(), lines[1])
+        self.assertIn("limit %-3d ok" % distcc.usable_cpus(), lines[1])
 
     def test_localhost_slots_compile_here(self):
         # No races: a free localhost slot would win them all here, where
@@ -3262,7 +3333,7 @@ def kill_group(pid):
     try:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
+        self.assertEqual(self.server.cpus, 1)
 
 
 def time_command(argv, env, cwd, log, timeout=BENCH_JOB_TIMEOUT):
@@ -3764,7 +3835,7 @@ def read_cpu_busy():
                     busy.append((sum(ticks) - ticks[3] - ticks[4])
                                 / os.sysconf("SC_CLK_TCK"))
     except OSError:
-        pass
+        self.assertEqual(self.server.cpus, 1)
     return busy
 
 
