@@ -1076,13 +1076,17 @@ def parse_hosts(text):
 
 
 def slot_limit(host, reported=None):
-    """How many of our jobs HOST may run at once: its /LIMIT, else the CPU
-    count it REPORTED, else a default."""
+    """How many of our jobs HOST may run at once: its /LIMIT, else one
+    more than the CPU count it REPORTED, else a default.  The extra job
+    waits on the host with its text, so that a CPU whose compile ends
+    starts the next at once instead of waiting for the network.  Pinned
+    to one CPU, Brotli's build took 17.9 s with 2 jobs sent to that host
+    and 21.9 s with 1 (medians of 5 paired builds)."""
     if host.limit:
         return host.limit
     if host.is_local:
         return DEFAULT_LOCAL_LIMIT
-    return reported or DEFAULT_HOST_LIMIT
+    return reported + 1 if reported else DEFAULT_HOST_LIMIT
 
 
 def choose_host(free):

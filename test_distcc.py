@@ -923,6 +923,10 @@ class TestHosts(unittest.TestCase):
         self.assertEqual(hosts.cpp_slots, 3)
         self.assertEqual([distcc.slot_limit(h) for h in hosts], [
             distcc.DEFAULT_LOCAL_LIMIT, distcc.DEFAULT_HOST_LIMIT, 7])
+        # A host that said how many CPUs it has gets one job more: it
+        # waits there, ready for the first CPU that is done.
+        self.assertEqual([distcc.slot_limit(h, 3) for h in hosts], [
+            distcc.DEFAULT_LOCAL_LIMIT, 4, 7])
         for text in ("--localslots=x", "--frob", "--localslots_cpp=0"):
             with self.assertRaises(distcc.UsageError, msg=text) as cm:
                 distcc.parse_hosts(text)
@@ -2445,8 +2449,9 @@ exit $rc
         lines = r.stdout.decode().splitlines()
         self.assertIn("compiler differs: gcc: ", lines[0])
         self.assertIn("clang version", lines[0])
-        # Without /LIMIT, a host's limit is the CPU count it reported.
-        self.assertIn("limit %-3d ok" % distcc.usable_cpus(), lines[1])
+        # Without /LIMIT, a host's limit is the CPU count it reported,
+        # plus one.
+        self.assertIn("limit %-3d ok" % (distcc.usable_cpus() + 1), lines[1])
 
     def test_localhost_slots_compile_here(self):
         # No races: a free localhost slot would win them all here, where
