@@ -1,41 +1,10 @@
 #!/bin/sh
-# Run by sh.  On Linux a compile first asks the warm process of its
-# DISTCC_DIR, if one runs (see "Warm start" below): then no Python starts
-# here at all.  Otherwise the exec line starts Python on the cached bytecode
-# of this file (compiling 3,000 lines for every compile costs more than the
-# job's I/O), without site (-S: this file needs no site-packages, and a site
-# with .pth files can cost 70 ms per start) and without the cyclic garbage
-# collector, which the long-lived roles turn back on (see launch()).
+# Run by sh: start Python on the cached bytecode of this file (compiling
+# 3,000 lines for every compile would cost more than the job's I/O),
+# without site (-S: nothing here needs site-packages, and a site with .pth
+# files can cost 70 ms per start) and without the cyclic garbage collector,
+# which the long-lived roles turn back on (see launch()).
 '''':
-case ${DISTCC_WARM-1}/${0##*/}/$1 in 0/*|*/distcc*/-*|*/distcc*/) ;; *)
-  d=${DISTCC_DIR:-$HOME/.distcc}
-  # Alive: not a zombie, and the same start time (field 22), not a new
-  # process under a reused pid.
-  alive() { t=$2; set -- ${1##*) }; case $1 in [ZXx]*) return 1;; esac
-            [ "${20}" = "$t" ]; }
-  # Claim reply FIFO r.K by creating c.K (noclobber: O_EXCL, no exec).
-  claim() { set -C; k=$(($$ % 128)); n=0
-            while [ $n -lt 128 ] && ! true 2>/dev/null >"$d/warm/c.$k"; do
-              k=$(((k + 1) % 128)); n=$((n + 1)); done
-            set +C; [ $n -lt 128 ]; }
-  if [ -p "$d/warm/in" ] && read -r p t 2>/dev/null <"$d/warm.lock" &&
-      read -r s 2>/dev/null <"/proc/$p/stat" && alive "$s" "$t" && claim
-  then
-    trap '' PIPE
-    # No 2>/dev/null on the read: the child takes the sh's stderr from
-    # /proc while the sh waits there.
-    # E or O first: the job's output follows the line, for cat to copy
-    # to stderr or stdout (streams the child cannot write to itself).
-    if echo "$$ $# $k" 2>/dev/null >>"$d/warm/in" && s= &&
-        [ -p "$d/warm/r.$k" ]; then
-      { read -r s; case $s in E*) cat >&2; s=${s#E};; O*) cat; s=${s#O};;
-        esac; } <"$d/warm/r.$k"
-      case $s in [0-9]|[0-9][0-9]|[0-9][0-9][0-9]) exit "$s";;
-                 L) export DISTCC_WARM_LOCAL=1;; esac
-    fi
-    trap - PIPE
-  fi;;
-esac
 exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import importlib.machinery as im, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; im.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
@@ -49,33 +18,29 @@ One program, three roles, chosen by argv:
     server    distcc.py -i                       started on the build host by
               ssh; many jobs over one stdin/stdout stream
 
-On Linux the first wrapper whose job a host compiled also starts a warm
-process (distcc.py --warm-serve, one per DISTCC_DIR).  From then on the sh
-launcher at the top of this file hands each compile to it, and a child
-forked from it runs the wrapper: no Python starts per compile (see "Warm
-start").
-
 One job's path:
 
-    wrapper: scan argv -> preprocess here (gcc -E -fdirectives-only, which
-             also writes any .d file) -> zlib -> JOB frame to the relay
+    wrapper: scan argv -> take a slot of a host -> preprocess here (gcc -E
+             -fdirectives-only, which also writes any .d file) -> zlib ->
+             JOB frame to the host's relay
     relay:   -> the same job, renumbered, over the ssh session
-    server:  -> rebuilds the compiler command itself, compiles in a private
-             temp dir -> zlib the object -> RESULT frame back
+    server:  -> checks it, writes the text to a file in a private temp
+             dir, builds the compiler's command itself, compiles when a CPU
+             is free -> zlib the object -> RESULT frame back
     wrapper: -> writes the object to a temp name beside the target and
              renames it into place, prints the compiler's output and exits
              with the compiler's status
 
 Anything that goes wrong on the way (ssh, the relay, the host) compiles
 locally instead, unless DISTCC_FALLBACK=0.  A compile error on the host is
-the answer, not a fault.
+the answer, not a fault.  A job that still waits for a CPU on its host when
+a localhost slot comes free is taken back and compiled here.
 
 Frames (all integers big-endian):
 
     offset size field
     0      2    magic b"DP"
-    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT,
-                CANCEL
+    2      1    type: JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, CANCEL
     3      1    flags (zero)
     4      4    job id (the relay numbers its jobs; wrappers send 0)
     8      4    body length, at most MAX_FRAME
@@ -83,21 +48,19 @@ Frames (all integers big-endian):
 
 A JOB or RESULT body is a 4-byte length, a metadata object and the blobs
 whose sizes the object lists.  An ERROR body is an object with "kind"
-("transport", "reject" or "protocol") and "message".  Objects are JSON on
-the ssh leg and marshal on the relay's private socket (see Framing).
-
-A JOB whose metadata says "stream" leaves its text blob empty: the text
-follows in TEXT frames of the same job id, pieces of one zlib stream, sent
-while the preprocessor still runs, so that the host has its compiler
-started and waiting when the last piece comes.  An empty TEXT frame ends
-them; if the zlib stream is not complete by then, the job is abandoned.
-A CANCEL frame (empty body) tells the server that nobody waits for that
-job any more: it kills the job's compiler and sends no answer.
+("transport", "protocol" or "rejected") and "message".  A PROGRESS body is
+an object with "state" ("queue": the job waits for a CPU; "compile") and
+"cpu", the seconds of CPU its compiler has used; the server sends one when
+a job must queue, when it starts, and every few seconds while it runs, so
+a silent host is a stalled host and an idle compiler a stuck one.  A CANCEL
+(empty body) tells the server that nobody waits for that job any more: it
+drops the job, or kills its compiler, and sends no answer.  Objects are
+JSON on the ssh leg and marshal on the relay's private socket (see
+Framing).
 
 The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
 cpus=<n>", which the client finds even after noise from the host's shell
-start-up files.  While jobs run, the server sends a PROGRESS frame every
-few seconds, so a silent host is a stalled host.
+start-up files.
 
 Environment:
 
@@ -111,17 +74,16 @@ Environment:
     DISTCC_RELAY_TIMEOUT  seconds an idle relay lives (default 300)
     DISTCC_CONNECT_TIMEOUT seconds to wait for a host's banner (default 20)
     DISTCC_BACKOFF_PERIOD seconds a host that failed is left alone (60)
-    DISTCC_IO_TIMEOUT     seconds of silence from a busy host before its
-                          session counts as dead (default 60)
+    DISTCC_IO_TIMEOUT     seconds of silence from a busy host, or of a
+                          compiler there using no CPU, before the job
+                          counts as lost (default 60)
+    DISTCC_JOB_TIMEOUT    seconds a job may take on a host at most
+                          (default 1800)
     DISTCC_SKIP_LOCAL_RETRY  1: a job lost on the way to or from a host
                           fails instead of compiling here (compile errors
                           are never retried anyway)
     DISTCC_SAVE_TEMPS     1 keeps the text sent ($TMPDIR) and the host's job
                           directory, and says where
-    DISTCC_WARM           0 turns the warm process off (Linux; default on);
-                          it ends with the relays (DISTCC_RELAY_TIMEOUT)
-    DISTCC_RACE           0: a job left on a host never races a free
-                          localhost slot (see "Racing a straggler")
 """
 
 import errno
@@ -141,10 +103,8 @@ import zlib
 #
 # Everything both ends must agree on, and the defaults.  No I/O here.
 
-VERSION = "0.3.0"
-PROTOCOL = 1
-TEXT_SINCE = (0, 2)                  # servers from this version take TEXT
-CANCEL_SINCE = (0, 3)                # ... and CANCEL
+VERSION = "0.4.0"
+PROTOCOL = 2                         # 2: no TEXT frames; PROGRESS per job
 BANNER_PREFIX = b"DISTCC.PY "
 BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
@@ -154,13 +114,16 @@ MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
 META_LENGTH = struct.Struct(">I")
 
-JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, TEXT, CANCEL = range(1, 9)
+JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, CANCEL = 1, 2, 3, 4, 5, 6, 8
 FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
                QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS",
-               TEXT: "TEXT", CANCEL: "CANCEL"}
+               CANCEL: "CANCEL"}
+JSON, MARSHAL = "json", "marshal"    # metadata encodings (see Framing)
 PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
 HANGUP_POLL = 0.25                   # how often a relay looks for a wrapper
                                      # that gave up on its job
+TAKE_BACK_POLL = 0.1                 # how often a wrapper whose job queues
+                                     # on a host looks for a localhost slot
 
 # Level 1, by measurement: Brotli's encode.c as sent (1.09 MB of
 # -fdirectives-only text) shrinks 3.4x at 72 MB/s on the 2-core test
@@ -183,11 +146,9 @@ ENV_RELAY_TIMEOUT = "DISTCC_RELAY_TIMEOUT"
 ENV_CONNECT_TIMEOUT = "DISTCC_CONNECT_TIMEOUT"
 ENV_BACKOFF_PERIOD = "DISTCC_BACKOFF_PERIOD"
 ENV_IO_TIMEOUT = "DISTCC_IO_TIMEOUT"
+ENV_JOB_TIMEOUT = "DISTCC_JOB_TIMEOUT"
 ENV_SKIP_LOCAL_RETRY = "DISTCC_SKIP_LOCAL_RETRY"
 ENV_SAVE_TEMPS = "DISTCC_SAVE_TEMPS"
-ENV_WARM = "DISTCC_WARM"
-ENV_WARM_LOCAL = "DISTCC_WARM_LOCAL"  # set by the launcher, never by users
-ENV_RACE = "DISTCC_RACE"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
@@ -195,12 +156,11 @@ DEFAULT_HOST_LIMIT = 4                # jobs per ssh host without /LIMIT
 DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
 DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
-RACE_AFTER = 0.5                     # seconds on a host before a local race
-RACE_POLL = 0.1                      # how often a waiting wrapper looks
-# Compiles in a localhost slot (and races) run at this nice: the wrappers
-# and preprocessors that feed the hosts go first, so the hosts never wait
-# for a CPU busy with a local compile.  In the pinned benchmark, 6 paired
-# rounds: 21.3 s against 24.2 s at nice 0 (median).
+DEFAULT_JOB_TIMEOUT = 1800.0         # one job on a host, at most
+# Compiles in a localhost slot run at this nice: the wrappers and
+# preprocessors that feed the hosts go first, so the hosts never wait for a
+# CPU busy with a local compile.  In the pinned benchmark, 6 paired rounds:
+# 21.3 s against 24.2 s at nice 0 (median).
 LOCAL_SLOT_NICE = 10
 RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
                                      # for this long, for every wrapper
@@ -220,15 +180,16 @@ EXIT_BAD_ARGUMENTS = 101             # usage or configuration error
 # ---------------------------------------------------------------------------
 # Errors & logging
 #
-# One exception class per failure class; main dispatch maps them to exit
-# codes.  warn() always prints; trace() prints only when DISTCC_VERBOSE is
-# set.  Both go to DISTCC_LOG when it is set.
+# One exception class per failure class, each with its kind: the word an
+# ERROR frame carries, the stats record and the message start with.  Main
+# dispatch maps them to exit codes.  warn() always prints; trace() prints
+# only when DISTCC_VERBOSE is set.  Both go to DISTCC_LOG when it is set.
 
 
 class DistccError(Exception):
     """Base of every error distcc.py raises on purpose."""
 
-    what = "error"
+    kind = "error"
 
     def __init__(self, detail, hint=""):
         Exception.__init__(self, detail)
@@ -236,21 +197,21 @@ class DistccError(Exception):
         self.hint = hint
 
     def __str__(self):
-        text = "%s: %s" % (self.what, self.detail)
+        text = "%s: %s" % (self.kind, self.detail)
         return text + ("; " + self.hint if self.hint else "")
 
 
 class UsageError(DistccError):
     """Bad arguments or configuration: the build cannot go on."""
 
-    what = "usage"
+    kind = "usage"
 
 
 class LocalOnly(DistccError):
     """The compile cannot be distributed; carries the reason.  Not a
     failure."""
 
-    what = "local"
+    kind = "local"
 
     def __init__(self, reason, job=None):
         DistccError.__init__(self, reason)
@@ -263,27 +224,29 @@ class LocalOnly(DistccError):
 class TransportError(DistccError):
     """ssh, the relay or the host is unreachable or died."""
 
-    what = "transport"
-
-
-class ProtocolError(DistccError):
-    """Bad magic, a short or oversized frame, or a bad banner."""
-
-    what = "protocol"
+    kind = "transport"
 
 
 class RelayLost(TransportError):
     """The local relay died or vanished; the host itself may be fine."""
 
+    kind = "relay"
+
+
+class ProtocolError(DistccError):
+    """Bad magic, a short or oversized frame, or a bad banner."""
+
+    kind = "protocol"
+
 
 class Rejected(DistccError):
     """The host refused the job (say, a compiler it does not have)."""
 
-    what = "rejected"
+    kind = "rejected"
 
 
-ERROR_KINDS = {"transport": TransportError, "protocol": ProtocolError,
-               "reject": Rejected}
+ERROR_KINDS = {c.kind: c for c in (TransportError, RelayLost, ProtocolError,
+                                   Rejected)}
 
 
 class Log:
@@ -348,30 +311,28 @@ def describe_exit(status, program):
 # metadata-plus-blobs bodies.  Knows nothing about jobs.
 #
 # Metadata is JSON on the ssh leg, where a host parses whatever a client
-# sends, and marshal on the relay's socket (LOCAL), which only this user's
+# sends, and marshal on the relay's socket, which only this user's
 # processes can reach (SO_PEERCRED): the wrapper then never imports json,
 # which would cost it 8 ms per compile.
 
 
 def read_exactly(f, n):
-    """Read exactly N bytes from F.
+    """Read exactly N bytes from F, a megabyte at a time: a header's claim
+    allocates nothing before the bytes arrive.
 
     Raises ProtocolError on EOF before N bytes (naming both counts)."""
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = f.readinto(view[got:])
-        if not k:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = f.read(min(n - len(buf), 1 << 20))
+        if not chunk:
             raise ProtocolError("connection closed inside a frame: expected "
-                                "%d bytes, received %d" % (n, got))
-        got += k
+                                "%d bytes, received %d" % (n, len(buf)))
+        buf += chunk
     return buf
 
 
-def read_frame(f, on_header=None):
+def read_frame(f):
     """Read one frame; return (type, job_id, body) or None on a clean EOF.
-    ON_HEADER(type, job_id) is called before the body is read.
 
     Raises ProtocolError on bad magic, an oversized length or a short read."""
     first = f.read(1)
@@ -386,8 +347,6 @@ def read_frame(f, on_header=None):
     if length > MAX_FRAME:
         raise ProtocolError("frame of %d bytes is over the %d-byte limit"
                             % (length, MAX_FRAME))
-    if on_header is not None:
-        on_header(kind, job_id)
     return kind, job_id, read_exactly(f, length)
 
 
@@ -410,9 +369,9 @@ def write_frame(f, kind, job_id, parts):
     f.flush()
 
 
-def dump_meta(meta, local=False):
-    """Encode the metadata dict META (marshal if LOCAL, else JSON)."""
-    if local:
+def dump_meta(meta, encoding=JSON):
+    """Encode the metadata dict META in ENCODING (JSON or MARSHAL)."""
+    if encoding == MARSHAL:
         return marshal.dumps(meta)
     import json
     try:
@@ -421,32 +380,32 @@ def dump_meta(meta, local=False):
         raise ProtocolError("metadata cannot be sent: %s" % e)
 
 
-def load_meta(data, local=False):
+def load_meta(data, encoding=JSON):
     """Decode metadata encoded by dump_meta; it must be a dict.
 
     Raises ProtocolError on anything else."""
     try:
-        if local:
+        if encoding == MARSHAL:
             meta = marshal.loads(data)
         else:
             import json
             meta = json.loads(data)
     except (ValueError, EOFError, TypeError, RecursionError) as e:
         raise ProtocolError("metadata is not %s: %s"
-                            % ("marshal" if local else "JSON", e))
+                            % (encoding, e))
     if not isinstance(meta, dict):
         raise ProtocolError("metadata is not a dict")
     return meta
 
 
-def pack_body(meta, blobs=(), local=False):
+def pack_body(meta, blobs=(), encoding=JSON):
     """Return the parts of a metadata-plus-blobs body."""
     meta = dict(meta, sizes=[len(b) for b in blobs])
-    text = dump_meta(meta, local)
+    text = dump_meta(meta, encoding)
     return [META_LENGTH.pack(len(text)), text] + list(blobs)
 
 
-def unpack_meta(body, local=False):
+def unpack_meta(body, encoding=JSON):
     """Return (meta, offset of the first blob) of a metadata-plus-blobs
     body.
 
@@ -458,14 +417,14 @@ def unpack_meta(body, local=False):
     if end > len(body):
         raise ProtocolError("metadata of %d bytes overruns a %d-byte body"
                             % (n, len(body)))
-    return load_meta(bytes(body[META_LENGTH.size:end]), local), end
+    return load_meta(bytes(body[META_LENGTH.size:end]), encoding), end
 
 
-def unpack_body(body, local=False):
+def unpack_body(body, encoding=JSON):
     """Return (meta, blobs) of a metadata-plus-blobs body.
 
     Raises ProtocolError when the sizes do not add up."""
-    meta, pos = unpack_meta(body, local)
+    meta, pos = unpack_meta(body, encoding)
     sizes = meta.get("sizes")
     if not isinstance(sizes, list) or not all(
             isinstance(s, int) and s >= 0 for s in sizes):
@@ -481,23 +440,23 @@ def unpack_body(body, local=False):
     return meta, blobs
 
 
-def error_body(kind, message, local=False):
+def error_body(kind, message, encoding=JSON):
     """Return the body of an ERROR frame."""
-    return dump_meta({"kind": kind, "message": message}, local)
+    return dump_meta({"kind": kind, "message": message}, encoding)
 
 
-def parse_error_body(body, local=False):
+def parse_error_body(body, encoding=JSON):
     """Return (kind, message) of an ERROR frame's body."""
     try:
-        err = load_meta(bytes(body), local)
+        err = load_meta(bytes(body), encoding)
         return str(err["kind"]), str(err["message"])
     except (ProtocolError, KeyError):
         raise ProtocolError("malformed ERROR frame")
 
 
-def raise_error_body(body, local=False):
+def raise_error_body(body, encoding=JSON):
     """Raise the exception an ERROR frame's body describes."""
-    kind, message = parse_error_body(body, local)
+    kind, message = parse_error_body(body, encoding)
     raise ERROR_KINDS.get(kind, ProtocolError)(message)
 
 
@@ -520,7 +479,9 @@ def decompress(data, limit=MAX_FRAME):
 #
 # Pure functions that turn a compiler command line into a Job, or raise
 # LocalOnly with the reason it must run here.  They touch no files; the
-# wrapper checks the few facts that need the file system.
+# wrapper checks the few facts that need the file system.  The server
+# checks a client's options with check_server_args, here beside the
+# scanner's own lists.
 
 SOURCE_LANGS = {
     ".c": "c", ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".cp": "c++",
@@ -581,6 +542,12 @@ LOCAL_EXACT = {
     "-Xpreprocessor": "-Xpreprocessor options are not parsed",
     "-aux-info": "-aux-info writes a side file",
     "-g3": "-g3 records macros the host would see differently",
+    # gcc -pedantic complains of the line markers in the text the host
+    # compiles (the fix is issue 18's: compile it as the user's file).
+    "-pedantic": "-pedantic warns about the host's line markers",
+    "-Wpedantic": "-pedantic warns about the host's line markers",
+    "-pedantic-errors": "-pedantic warns about the host's line markers",
+    "-pg": "-pg instruments for gprof; profiling builds stay local",
     "-ggdb3": "-g3 records macros the host would see differently",
 }
 LOCAL_PREFIXES = (
@@ -871,86 +838,103 @@ def preprocess_argv(job):
     return [job.compiler] + job.cpp_args + mode + lang + [job.source]
 
 
-def strip_builtins(text, final=True):
-    """Drop gcc's '<built-in>' #define block from the head of TEXT.
+def strip_builtins(text):
+    """Return TEXT without gcc's '<built-in>' #define block at its head, as
+    a list of buffers (no copy).
 
     The host's compiler defines the same built-ins itself and would warn
     that they are redefined.  The block follows the line markers that name
-    the source and (with -g) the working directory.  Returns a list of
-    buffers (no copy), or None when TEXT is only the start of the output
-    (not FINAL) and may end inside the block."""
+    the source and (with -g) the working directory."""
     marker = b'# 0 "<built-in>"\n'
     start = text.find(marker, 0, 8192)
-    if start < 0:
-        return [text] if final or len(text) >= 8192 + len(marker) else None
-    if any(not line.startswith(b"# ")
-           for line in text[:start].splitlines()):
+    if start < 0 or any(not line.startswith(b"# ")
+                        for line in text[:start].splitlines()):
         return [text]
     pos = start
     while text.startswith(marker, pos):
         end = text.find(b"\n", pos + len(marker))
-        if end < 0 and not final:
-            return None
         if end < 0 or not text.startswith(b"#define ", pos + len(marker)):
             break
         pos = end + 1
-    if pos + len(marker) > len(text) and not final:
-        return None                  # the next marker may be on its way
     view = memoryview(text)
     return [view[:start], view[pos:]]
 
+# Compiler names a server runs and masquerade links answer to: gcc, g++, cc,
+# c++, clang, clang++, with a target prefix (x86_64-linux-gnu-) and a
+# version suffix (-12) allowed.
+COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
+NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                       "0123456789_.")
+VERSION_CHARS = frozenset("0123456789.")
 
-class Packer:
-    """Takes the preprocessor's output as it arrives: drops the built-in
-    block (see strip_builtins) and compresses the rest at once, so that
-    compression overlaps the preprocessor instead of following it."""
 
-    def __init__(self, strip, on_packed=None):
-        self.head = b"" if strip else None   # output until the block ends
-        self.look_at = 16384         # head size for the next look at it
-        self.squeeze = zlib.compressobj(COMPRESS_LEVEL)
-        self.parts = []              # what is sent, uncompressed
-        self.packed = []             # the same, compressed
-        self.on_packed = on_packed   # called with each compressed piece
+def is_compiler_name(name):
+    """Whether NAME is a compiler's name, as above (no re: main checks
+    every invocation's name)."""
+    if not isinstance(name, str):
+        return False
+    parts = name.split("-")
+    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= VERSION_CHARS:
+        parts.pop()                 # the version suffix
+    return parts[-1] in COMPILER_BASENAMES and \
+        all(p and set(p) <= NAME_CHARS for p in parts[:-1])
 
-    def feed(self, chunk):
-        if self.head is not None:
-            self.head += chunk
-            if len(self.head) < self.look_at:
-                return               # gcc 12's block is 19 KB: few looks
-            self.look_at = 2 * len(self.head)
-            parts = strip_builtins(self.head, final=False)
-            if parts is None:
-                return
-            self.head = None
-            for part in parts:
-                self.add(part)
-        else:
-            self.add(chunk)
+# Options a client must never make the host's compiler obey: they read or
+# write files of the host, or run programs.  Checked again here because a
+# hand-crafted client can send anything.
+SERVER_DENY_PREFIXES = (
+    "-fplugin", "-specs", "--specs", "-B", "-wrapper", "@", "-fprofile",
+    "-fauto-profile", "-o", "-x", "-Xassembler", "-Xlinker", "-Xclang",
+    "-Xpreprocessor", "-Wp,", "-Wl,", "-I", "-include", "-imacros",
+    "-isystem", "-iquote", "-idirafter", "-iprefix", "-iwithprefix",
+    "-iplugindir", "-isysroot", "--sysroot", "-save-temps", "-fdump-",
+    "-aux-info", "-M", "-fsanitize-blacklist", "-fsanitize-ignorelist",
+    "-include-pch", "-fmodules", "-fcallgraph-info", "-ftime-trace", "-L",
+    "-l", "-dumpdir", "-dumpbase", "--coverage", "-ftest-coverage", "-frepo",
+)
+SERVER_DENY_EXACT = {"-c", "-S", "-E", "-T", "-wrapper"}
+# Profile options that only change code generation.
+SERVER_PROFILE_ALLOWED = ("-fprofile-update", "-fprofile-reorder",
+                          "-fprofile-partial", "-fprofile-abs-path",
+                          "-fprofile-prefix-map", "-fprofile-info-section")
+SERVER_VALUE_OPTIONS = {"--param", "-mllvm", "-target", "-arch", "-G"}
 
-    def add(self, part):
-        self.parts.append(part)
-        self.pack(self.squeeze.compress(part))
 
-    def pack(self, piece):
-        if piece:
-            self.packed.append(piece)
-            if self.on_packed is not None:
-                self.on_packed(piece)
-
-    def finish(self):
-        """Return (parts, compressed bytes) once the output has ended."""
-        if self.head is not None:
-            for part in strip_builtins(self.head):
-                self.add(part)
-            self.head = None
-        self.pack(self.squeeze.flush())
-        return self.parts, b"".join(self.packed)
+def check_server_args(args):
+    """Raise Rejected unless every element of ARGS is a safe code-generation
+    option."""
+    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
+        raise Rejected("arguments must be a list of strings")
+    expect_value = False
+    for arg in args:
+        if "\0" in arg:
+            raise Rejected("argument contains a NUL byte")
+        if expect_value:
+            expect_value = False
+            continue
+        if not arg.startswith("-"):
+            raise Rejected("argument %r is not an option" % arg)
+        refused = arg in SERVER_DENY_EXACT or (
+            arg.startswith(SERVER_DENY_PREFIXES) and
+            not arg.startswith(SERVER_PROFILE_ALLOWED)) or (
+            arg.startswith("-Wa,") and local_reason(arg) is not None) or (
+            arg.startswith("-fopt-info") and "=" in arg)
+        if refused:
+            raise Rejected("refused option %r: it reads or writes files or "
+                           "runs programs on the host" % arg)
+        if arg in SERVER_VALUE_OPTIONS:
+            expect_value = True
+    if expect_value:
+        raise Rejected("option %r has no value" % args[-1])
 
 # ---------------------------------------------------------------------------
 # Hosts
 #
-# DISTCC_HOSTS in distcc's ssh syntax.  Pure parsing and choice.
+# DISTCC_HOSTS in distcc's ssh syntax, parsed and chosen from by pure
+# functions; then the slots that limit how many jobs each host gets, and
+# the backoff that leaves a failed host alone for a while.  Slots and
+# backoffs are files in $DISTCC_DIR, so they hold across every wrapper of
+# every build of this user.
 
 
 class Host:
@@ -1098,11 +1082,1492 @@ def choose_host(free):
             best = (host, count)
     return best[0] if best else None
 
+
+class Slot:
+    """A held slot of a host: a flock on one of its slot files."""
+
+    def __init__(self, host, fd):
+        self.host = host            # the Host this slot belongs to
+        self.fd = fd                # open, locked slot file
+
+    def release(self):
+        """Give the slot back (closing the file drops the lock)."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def try_slot(directory, name):
+    """Lock slot file NAME without waiting; return its fd or None."""
+    import fcntl
+    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT,
+                 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+
+
+def acquire_slot(config, hosts, queue_name="queue"):
+    """Take a slot of the host in HOSTS with the most free slots; None if
+    HOSTS is empty.  QUEUE_NAME names the queue of this pool of slots (a
+    wrapper holding a host slot may queue for a preprocessing slot, so the
+    two pools never share a queue).
+
+    Slots are lock files in $DISTCC_DIR/slots, so limits hold across every
+    wrapper of every build of this user.  Wrappers take slots in turn: each
+    holds the queue lock while it looks, so when all slots are busy one
+    wrapper polls (with growing sleeps) and the rest sleep in flock()."""
+    import fcntl
+    import time
+    if not hosts:
+        return None
+    directory = os.path.join(config.dir, "slots")
+    queue = os.open(os.path.join(directory, queue_name),
+                    os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        delay = 0.002
+        while True:
+            slot = take_free_slot(config, directory, hosts)
+            if slot is not None:
+                return slot
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+    finally:
+        os.close(queue)
+
+
+def take_free_slot(config, directory, hosts):
+    """One look at the slots of HOSTS; return a Slot of the host with the
+    most free slots, or None.  At most one slot file per host stays open
+    while it looks (a host at /1100 must not cost 1100 descriptors)."""
+    found = []                      # (host, fd of a free slot, free count)
+    try:
+        for host in hosts:
+            fd, free = None, 0
+            for n in range(host_slots(config, host)):
+                got = try_slot(directory, "%s.%d" % (host.key(), n))
+                if got is None:
+                    continue
+                free += 1
+                if fd is None:
+                    fd = got
+                else:
+                    os.close(got)
+            found.append((host, fd, free))
+        chosen = choose_host([(h, free) for h, _, free in found])
+        for i, (host, fd, _) in enumerate(found):
+            if host is chosen:
+                found[i] = (host, None, 0)
+                return Slot(host, fd)
+        return None
+    finally:
+        for _, fd, _ in found:
+            if fd is not None:
+                os.close(fd)
+
+
+def host_slots(config, host):
+    """slot_limit of HOST, with the CPU count its relay recorded."""
+    if host.limit or host.is_local:
+        return slot_limit(host)
+    text = read_host_note(config, host, "cpus").strip()
+    return slot_limit(host, int(text) if text.isdigit() else None)
+
+
+def others_queued(directory):
+    """Whether a wrapper holds the slot queue (it waits for a slot)."""
+    import fcntl
+    queue = os.open(os.path.join(directory, "queue"),
+                    os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(queue)
+
+
+def write_host_note(config, host, kind, text, append=False):
+    """Record what the relay learned of HOST (its CPU count, compiler
+    mismatches) for wrappers and --show-hosts."""
+    path = os.path.join(config.dir, "%s-%s" % (kind, host.key()))
+    try:
+        with open(path, "a" if append else "w") as f:
+            f.write(text)
+    except OSError as e:
+        warn("cannot write %s: %s" % (path, e.strerror))
+
+
+def read_host_note(config, host, kind):
+    """Return what write_host_note recorded, or ""."""
+    try:
+        with open(os.path.join(config.dir, "%s-%s" % (kind, host.key()))) \
+                as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def backoff_path(config, host):
+    return os.path.join(config.dir, "backoff-" + host.key())
+
+
+def backed_off(config, host, probes):
+    """Whether HOST is backed off now.  When its period is over, the first
+    wrapper to ask takes the probe (HOST is added to PROBES) and is told no;
+    the others wait for the probe's verdict."""
+    import time
+    path = backoff_path(config, host)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    now = time.time()
+    if now < st.st_mtime:
+        return True                 # mtime is the end of the period
+    probe = path + ".probe"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.close(fd)
+        probes.append(host)
+        return False                # this job probes the host
+    except FileExistsError:
+        try:
+            stale = now - os.stat(probe).st_mtime > 2 * config.connect_timeout
+        except FileNotFoundError:
+            return False            # the probe just ended
+        if stale:
+            os.unlink(probe)
+            return False
+        return True
+
+
+def mark_host_failed(config, host):
+    """Back HOST off for DISTCC_BACKOFF_PERIOD, for every wrapper."""
+    import time
+    path = backoff_path(config, host)
+    with open(path, "w") as f:
+        f.write("%s\n" % host.spec)
+    until = time.time() + config.backoff_period
+    os.utime(path, (until, until))
+    release_probe(config, host)
+
+
+def release_probe(config, host):
+    try:
+        os.unlink(backoff_path(config, host) + ".probe")
+    except FileNotFoundError:
+        pass  # no probe was running
+
+
+def mark_host_good(config, host):
+    """Forget a backoff of HOST after a job succeeded there."""
+    for path in (backoff_path(config, host),
+                 backoff_path(config, host) + ".probe"):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # the usual case: it was never backed off
+
 # ---------------------------------------------------------------------------
-# Transport
+# Wrapper
 #
-# The ssh command line (pure) and the client end of a server session:
-# starting ssh, finding the banner, and raising plain-spoken errors.
+# What the build runs: scan the command, take a slot, preprocess, send the
+# job through the host's relay, write the object.  Every fault between the
+# preprocessor and the object lands in one place (compile_distributed) and
+# becomes a local compile (or, with DISTCC_FALLBACK=0, an error).
+#
+# Taking a job back: at the end of a build the last jobs can wait on a busy
+# host for a CPU while this machine has nothing left to do.  A job that the
+# host reports as queued (not yet compiling), when a localhost slot of
+# DISTCC_HOSTS is free and no other wrapper waits for a slot, is cancelled
+# there and compiled here, in that slot, by the ordinary local path.
+#
+# Each wrapper keeps a one-line file $DISTCC_DIR/jobs/PID while its job
+# runs, for --monitor, and appends one line per job to $DISTCC_DIR/stats
+# when it ends.  Plain files, each with one writer: no daemon to ask,
+# nothing to lock, and a killed wrapper costs one stale line that readers
+# skip.  Neither ever fails a build.
+
+
+class Config:
+    """Settings read once from the environment by main dispatch."""
+
+    def __init__(self, environ):
+        home = os.path.expanduser("~")
+        self.dir = os.path.abspath(environ.get(ENV_DIR) or
+                                   os.path.join(home, ".distcc"))
+        self.hosts_text = environ.get(ENV_HOSTS)
+        self.ssh_text = environ.get(ENV_SSH) or "ssh"
+        self.fallback = environ.get(ENV_FALLBACK, "1") != "0"
+        self.skip_local_retry = environ.get(ENV_SKIP_LOCAL_RETRY, "0") \
+            not in ("", "0")
+        self.save_temps = environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
+        self.relay_timeout = env_seconds(environ, ENV_RELAY_TIMEOUT,
+                                         DEFAULT_RELAY_TIMEOUT)
+        self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
+                                           DEFAULT_CONNECT_TIMEOUT)
+        self.backoff_period = env_seconds(environ, ENV_BACKOFF_PERIOD,
+                                          DEFAULT_BACKOFF_PERIOD)
+        self.io_timeout = env_seconds(environ, ENV_IO_TIMEOUT,
+                                      DEFAULT_IO_TIMEOUT)
+        self.job_timeout = env_seconds(environ, ENV_JOB_TIMEOUT,
+                                       DEFAULT_JOB_TIMEOUT)
+
+    @property
+    def ssh_command(self):
+        """DISTCC_SSH split once with shlex (only relays and --check need
+        it, so wrappers never import shlex).
+
+        Raises UsageError on bad quoting."""
+        import shlex
+        try:
+            argv = shlex.split(self.ssh_text)
+        except ValueError as e:
+            raise UsageError("cannot split %s: %s" % (ENV_SSH, e),
+                             "check its quoting")
+        if not argv:
+            raise UsageError("%s is empty" % ENV_SSH, "unset it or name ssh")
+        return argv
+
+    def hosts(self):
+        """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
+        text = self.hosts_text
+        if text is None:
+            try:
+                with open(os.path.join(self.dir, "hosts")) as f:
+                    text = f.read()
+            except FileNotFoundError:
+                text = ""
+            except OSError as e:
+                raise UsageError("cannot read %s/hosts: %s"
+                                 % (self.dir, e.strerror), "fix or remove it")
+        return parse_hosts(text)
+
+
+def env_seconds(environ, name, default):
+    """Read a positive number of seconds from NAME."""
+    text = environ.get(name)
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise UsageError("%s=%r is not a positive number of seconds"
+                         % (name, text), "unset it or give seconds")
+    return value
+
+
+def find_program(name, _found={}):
+    """Return the path of NAME as execvp would find it, or None."""
+    if name not in _found:
+        _found[name] = search_path(name)
+    return _found[name]
+
+
+def search_path(name):
+    if "/" in name:
+        return os.path.abspath(name) if os.access(name, os.X_OK) else None
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    return None
+
+
+def real_compiler(name):
+    """Return NAME, or the path of the first NAME on PATH that is not this
+    program (so masquerade links never call themselves).
+
+    Raises UsageError when PATH has no other NAME."""
+    me = os.path.realpath(__file__)
+    first = find_program(name)
+    if first is None or os.path.realpath(first) != me:
+        return name
+    if "/" in name:
+        raise UsageError("%s is distcc.py itself" % name,
+                         "give the real compiler's path")
+    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
+        path = os.path.join(d or ".", name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path) and \
+                os.path.realpath(path) != me:
+            return path
+    raise UsageError("no %s on PATH besides distcc.py itself" % name,
+                     "install the compiler or fix PATH")
+
+
+def wrapper_main(argv, config):
+    """Compile ARGV remotely if possible, else locally; return the status."""
+    argv = [real_compiler(argv[0])] + argv[1:]
+    state = None
+    hosts = None
+    try:
+        job = scan_args(expand_response_files(argv))
+        hosts = config.hosts()
+        if not any(not h.is_local for h in hosts):
+            raise LocalOnly("no remote hosts")
+        check_job_files(job)
+        # Checked and created once per job; the slot, relay and job state
+        # code relies on it.
+        directory = state_dir(config)
+        for sub in ("slots", "jobs"):
+            if not os.path.isdir(os.path.join(directory, sub)):
+                os.makedirs(os.path.join(directory, sub), mode=0o700,
+                            exist_ok=True)
+        state = JobState(directory, job.source)
+        try:
+            return compile_distributed(config, job, hosts, state)
+        except LocalOnly as why:
+            if not state.done:      # the preprocessor failed, say
+                state.finish("local", why.detail)
+            raise
+        finally:
+            if not state.done:
+                state.finish("failed", "interrupted")
+            summarize_if_idle(config)
+    except LocalOnly as why:
+        reason = why.detail
+    if state is None:
+        directory = record_local_job(config, reason)
+        summarize_if_idle(config)
+    else:
+        directory = state.directory
+    hold_local_slot(config, hosts, directory)
+    exec_local(argv, reason)
+    return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
+
+
+def hold_local_slot(config, hosts, directory):
+    """With --localslots=N in the host list HOSTS (None: not read yet),
+    wait for one of N local slots and keep it open across exec: the
+    compiler holds it until it exits.  Jobs that compile here then never
+    run more than N at once, whatever make's -j (as distcc's --localslots).
+    DIRECTORY is the checked DISTCC_DIR, or None if it is unusable."""
+    if directory is None:
+        return
+    if hosts is None:
+        try:
+            hosts = config.hosts()
+        except UsageError:
+            return  # a local compile still runs; the remote path reports it
+    if not hosts.local_slots:
+        return
+    os.makedirs(os.path.join(directory, "slots"), mode=0o700, exist_ok=True)
+    local = Host("local", "localhost", limit=hosts.local_slots)
+    slot = acquire_slot(config, [local], "queue-local")
+    os.set_inheritable(slot.fd, True)
+
+
+def record_local_job(config, reason):
+    """Add a job that compiles here without trying a host to the stats
+    (unless REASON is None: counted already); return the checked
+    DISTCC_DIR, or None if it is unusable."""
+    try:
+        directory = state_dir(config)
+    except UsageError:
+        return None  # the remote path reports that; a local compile goes on
+    if reason is not None:
+        JobState(directory, "-").finish("local", reason)
+    return directory
+
+
+def check_job_files(job):
+    """Raise LocalOnly when the file system makes JOB a local compile.
+
+    A missing source or output directory gets the local compiler's own
+    error message that way."""
+    if not os.path.isfile(job.source):
+        raise LocalOnly("source %s does not exist" % job.source, job)
+    if not os.path.isdir(os.path.dirname(job.output) or "."):
+        raise LocalOnly("output directory of %s does not exist" % job.output,
+                        job)
+
+
+def expand_response_files(argv, depth=0):
+    """Expand @FILE arguments as gcc does (quotes, backslashes, nesting).
+
+    An unreadable @FILE stays as it is, as with gcc; the scanner then keeps
+    the compile local."""
+    out = []
+    for arg in argv:
+        if not arg.startswith("@") or len(arg) == 1 or depth > 10:
+            out.append(arg)
+            continue
+        try:
+            with open(arg[1:], encoding="utf-8", errors="surrogateescape") \
+                    as f:
+                text = f.read()
+        except OSError:
+            out.append(arg)
+            continue
+        out.extend(expand_response_files(split_response_text(text),
+                                         depth + 1))
+    return out
+
+
+def split_response_text(text):
+    """Split a response file's text into arguments, as libiberty does."""
+    args = []
+    current = []
+    have = False
+    quote = None
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            current.append(text[i + 1])
+            have = True
+            i += 2
+            continue
+        if quote:
+            if c == quote:
+                quote = None
+            else:
+                current.append(c)
+        elif c in "'\"":
+            quote = c
+            have = True
+        elif c.isspace():
+            if have or current:
+                args.append("".join(current))
+            current, have = [], False
+        else:
+            current.append(c)
+        i += 1
+    if have or current:
+        args.append("".join(current))
+    return args
+
+
+def compile_distributed(config, job, hosts, state):
+    """Compile JOB on the best host of HOSTS (localhost slots compile
+    here); a host with a transport fault is backed off and the job tried
+    on the next.  Records the outcome in STATE; returns the compiler's
+    status.
+
+    Raises the last fault when no host is left and DISTCC_FALLBACK=0 (or,
+    after a failed attempt, DISTCC_SKIP_LOCAL_RETRY=1), or LocalOnly to
+    compile here."""
+    if hosts.randomize:
+        import random
+        hosts = HostList(hosts)
+        random.shuffle(hosts)
+    probes = []                     # hosts this job has the probe of
+    candidates = [h for h in hosts
+                  if h.is_local or not backed_off(config, h, probes)]
+    prepared = None
+    fault = None
+    relay_restarts = 0
+    while candidates:
+        state.set_phase("wait")
+        local = None                # a localhost slot, once taken back
+        slot = acquire_slot(config, candidates)
+        host = slot.host
+        for other in probes:
+            if other is not host:   # let the next job probe it
+                release_probe(config, other)
+        probes = []
+        try:
+            if host.is_local:
+                state.set_phase("local", "localhost")
+                status = run_local(job.argv)
+                state.finish("local", "localhost slot")
+                return status
+            trace("remote: %s on %s" % (job.source, host.spec))
+            if prepared is None:
+                prepared = prepare_with_cpp_slot(config, hosts, job, state)
+            status, local = compile_remote(config, job, hosts, host,
+                                           prepared, state)
+            mark_host_good(config, host)
+            if local is None:
+                state.finish("remote", host=host.hostname)
+                return status
+        except RelayLost as e:
+            # Our own relay died (killed, or exiting as we connected): the
+            # host is not to blame, and the next wrapper starts a new relay.
+            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
+            relay_restarts += 1
+            if relay_restarts <= 2:
+                trace("%s; trying %s again" % (fault, host.spec))
+                continue
+        except (TransportError, ProtocolError, Rejected) as e:
+            # Name the host in the message; a compile error never gets here.
+            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
+            if not isinstance(e, Rejected):
+                mark_host_failed(config, host)
+        finally:
+            slot.release()
+        if local is not None:
+            # Taken back from the host's queue: compile here, in LOCAL.
+            try:
+                state.set_phase("local", "localhost")
+                status = run_local(job.argv)
+            finally:
+                local.release()
+            state.finish("local", "taken back from %s" % host.hostname)
+            return status
+        candidates.remove(host)
+        if candidates and any(not h.is_local for h in candidates):
+            # A compiler mismatch is a standing fact, not news: trace it.
+            (trace if isinstance(fault, Rejected) else warn)(
+                "%s; trying another host" % fault)
+    if fault is None:
+        state.finish("failed" if not config.fallback else "fallback",
+                     "every host backed off")
+        if not config.fallback:
+            raise TransportError("every host is backed off",
+                                 "wait DISTCC_BACKOFF_PERIOD seconds or "
+                                 "remove %s/backoff-*" % config.dir)
+        raise LocalOnly("every host is backed off")
+    why = "%s fault on %s" % (fault.kind, host.hostname)
+    lost = not isinstance(fault, Rejected)
+    if not config.fallback or (lost and config.skip_local_retry):
+        state.finish("failed", why)
+        raise fault
+    state.finish("fallback", why)
+    warn("%s; compiling %s locally" % (fault, job.source))
+    raise LocalOnly("no host could compile it")
+
+
+def prepare_with_cpp_slot(config, hosts, job, state):
+    """Preprocess JOB while holding one of the local preprocessing slots;
+    the time goes to STATE's record."""
+    import time
+    cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
+               os.cpu_count() or 2)
+    slot = acquire_slot(config, [cpp], "queue-cpp")
+    try:
+        state.set_phase("preprocess")
+        started = time.monotonic()
+        prepared = prepare_job(job, config.save_temps)
+        state.record["preprocess_ms"] = round(
+            (time.monotonic() - started) * 1000)
+        return prepared
+    finally:
+        slot.release()
+
+
+def prepare_job(job, save_temps=False):
+    """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
+    SAVE_TEMPS keeps the text in $TMPDIR.
+
+    Raises LocalOnly when the local compile should tell the story."""
+    compiler_path = find_program(job.compiler)
+    if compiler_path is None:
+        raise LocalOnly("compiler %s not found here" % job.compiler)
+    if job.lang in PREPROCESSED_LANGS:
+        with open(job.source, "rb") as f:
+            parts = [f.read()]
+        cpp_err = b""
+    else:
+        argv = preprocess_argv(job)
+        trace("preprocess: %s" % " ".join(argv))
+        text, cpp_err, status = spawn(compiler_path, argv, capture=True)
+        if status != 0:
+            # The local compile prints the full story of a failed
+            # preprocessing; let it.
+            raise LocalOnly("preprocessing failed")
+        parts = strip_builtins(text)
+    original = b""
+    if compiler_family(job.compiler) == "gcc" and \
+            job.lang not in PREPROCESSED_LANGS:
+        with open(job.source, "rb") as f:
+            original = f.read()
+    if save_temps:
+        save_preprocessed(job, parts)
+    squeeze = zlib.compressobj(COMPRESS_LEVEL)
+    packed = b"".join([squeeze.compress(p) for p in parts] +
+                      [squeeze.flush()])
+    meta = {
+        "compiler": os.path.basename(job.compiler),
+        "compiler_path": compiler_path,
+        "family": compiler_family(job.compiler),
+        "args": job.remote_args,
+        "mode": job.mode,
+        "lang": job.explicit_lang,
+        "source": job.source,
+        "output": job.output,
+        "cwd": os.getcwd(),
+        "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        "color": color_wanted(job),
+        "raw": sum(len(p) for p in parts),
+    }
+    return meta, [packed, zlib.compress(original, COMPRESS_LEVEL)], cpp_err
+
+
+def spawn(path, argv, capture=False, sink=None, nice=0):
+    """Run program PATH with ARGV and wait; return its exit status (minus
+    the signal number if killed), or with CAPTURE (stdin from /dev/null)
+    (stdout, stderr, status).  SINK, if given, is called with each piece
+    of stdout as it comes, and the stdout returned is empty.  NICE (not
+    with CAPTURE) lowers the program's priority by that much.
+
+    posix_spawn, not subprocess: importing subprocess would cost the
+    wrapper 10 ms per compile."""
+    if not capture:
+        pid = os.posix_spawn(path, argv, os.environ)
+        if nice:
+            # Before the driver can have started cc1, which inherits it.
+            try:
+                os.setpriority(os.PRIO_PROCESS, pid,
+                               os.getpriority(os.PRIO_PROCESS, 0) + nice)
+            except OSError:
+                pass  # it has already ended
+        return exit_status(os.waitpid(pid, 0)[1])
+    import select
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = os.posix_spawn(path, argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_DUP2, null, 0),
+            (os.POSIX_SPAWN_DUP2, out_w, 1),
+            (os.POSIX_SPAWN_DUP2, err_w, 2)])
+    except BaseException:
+        os.close(out_r)
+        os.close(err_r)
+        raise
+    finally:
+        for fd in (null, out_w, err_w):
+            os.close(fd)
+    output = {out_r: [], err_r: []}
+    open_fds = [out_r, err_r]
+    try:
+        while open_fds:
+            for fd in select.select(open_fds, [], [])[0]:
+                data = os.read(fd, 1 << 20)
+                if data and sink and fd == out_r:
+                    sink(data)
+                elif data:
+                    output[fd].append(data)
+                else:
+                    open_fds.remove(fd)
+                    os.close(fd)
+    finally:
+        for fd in open_fds:
+            os.close(fd)
+    status = exit_status(os.waitpid(pid, 0)[1])
+    return b"".join(output[out_r]), b"".join(output[err_r]), status
+
+
+def exit_status(wait_status):
+    """The exit code of a waitpid status, or minus the killing signal."""
+    if os.WIFSIGNALED(wait_status):
+        return -os.WTERMSIG(wait_status)
+    return os.WEXITSTATUS(wait_status)
+
+
+def save_preprocessed(job, parts):
+    """DISTCC_SAVE_TEMPS: keep what is sent to the host, and say where."""
+    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "distcc.py-%d-%s"
+                        % (os.getpid(), os.path.basename(job.source)))
+    try:
+        with open(path, "wb") as f:
+            f.writelines(parts)
+        warn("DISTCC_SAVE_TEMPS: the text sent for %s is in %s"
+             % (job.source, path))
+    except OSError as e:
+        warn("DISTCC_SAVE_TEMPS: cannot write %s: %s" % (path, e.strerror))
+
+
+def color_wanted(job):
+    """Whether a local compile would colour its diagnostics."""
+    for arg in job.argv:
+        if arg.startswith("-fdiagnostics-color") or \
+                arg.startswith("-fno-diagnostics-color") or \
+                arg.startswith("-fcolor-diagnostics") or \
+                arg.startswith("-fno-color-diagnostics"):
+            return False  # the user chose; the option travels as it is
+    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return os.isatty(2)
+    except OSError:
+        return False
+
+
+def compile_remote(config, job, hosts, host, prepared, state):
+    """Compile the PREPARED job on HOST; return (the compiler's exit
+    status, None), or (None, a localhost Slot) when the job was taken back
+    from the host's queue to compile here (see above).  Sizes and times go
+    to STATE's record.
+
+    Raises TransportError, ProtocolError or Rejected for the fallback."""
+    import time
+    meta, blobs, cpp_err = prepared
+    meta = dict(meta, save_temps=config.save_temps)
+    trace("send %s to %s: %d bytes, %d compressed" % (
+        job.source, host.hostname, meta["raw"], sum(len(b) for b in blobs)))
+    state.set_phase("send", host.hostname)
+    started = time.monotonic()
+    local_hosts = [h for h in hosts if h.is_local] \
+        if not config.save_temps else []
+    body, local = send_job(config, host, pack_body(meta, blobs, MARSHAL),
+                           state, local_hosts)
+    if body is None:
+        trace("%s: taken back from %s's queue" % (job.source, host.hostname))
+        return None, local
+    result, got = unpack_body(body, MARSHAL)
+    extra = collect_extra_files(result.get("missing"))
+    if extra:
+        # gcc on the host quoted lines of headers it does not have; send
+        # them so the diagnostics come out as a local compile prints them.
+        trace("resend %s with %d headers for diagnostics"
+              % (job.source, len(extra)))
+        meta["extra"] = [name for name, _ in extra]
+        body, _ = send_job(config, host, pack_body(
+            meta, blobs + [data for _, data in extra], MARSHAL), state)
+        result, got = unpack_body(body, MARSHAL)
+    round_trip = time.monotonic() - started
+    status = result.get("status")
+    outputs = result.get("outputs")
+    if not isinstance(status, int) or not isinstance(outputs, list) or \
+            len(got) != 2 + len(outputs):
+        raise ProtocolError("malformed RESULT")
+    if result.get("temps"):
+        warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s"
+             % (host.hostname, result["temps"]))
+    compile_ms = result.get("compile_ms")
+    compile_ms = compile_ms if isinstance(compile_ms, int) else 0
+    state.record.update(
+        preprocessed=meta["raw"], sent=sum(len(b) for b in blobs),
+        received=sum(len(b) for b in got[2:]), compile_ms=compile_ms,
+        transfer_ms=max(0, round(round_trip * 1000) - compile_ms))
+    started = time.monotonic()
+    if status == 0:
+        # Side files first, the object last: make judges by the object.
+        paths = {"dwo": replace_suffix(job.output, ".dwo"),
+                 "output": job.output}
+        names = [o.get("name") if isinstance(o, dict) else None
+                 for o in outputs]
+        if "output" not in names or not set(names) <= set(paths) or \
+                len(set(names)) != len(names):
+            raise ProtocolError("RESULT has outputs %r" % (names,))
+        for name, blob in zip(names, got[2:]):
+            data = decompress(blob)
+            state.record["objects"] += len(data)
+            write_output(paths[name], data)
+    sys.stderr.buffer.write(cpp_err)
+    sys.stderr.buffer.write(got[1])
+    sys.stdout.buffer.write(got[0])
+    state.record["write_ms"] = round((time.monotonic() - started) * 1000)
+    trace("%s compiled on %s: status %d" % (job.source, host.hostname,
+                                            status))
+    return status, None
+
+
+def send_job(config, host, parts, state, local_hosts=()):
+    """Send a JOB (body PARTS) to HOST through its relay and wait for the
+    answer; return (RESULT body, None), or (None, a Slot of LOCAL_HOSTS)
+    when the job was taken back from the host's queue.
+
+    Raises TransportError when the relay says nothing, not even a PROGRESS
+    frame, for the connect and I/O timeouts together (a stopped relay),
+    when the host's compiler uses no CPU for DISTCC_IO_TIMEOUT (a stuck
+    compiler) or the job outlives DISTCC_JOB_TIMEOUT; RelayLost, and
+    ProtocolError or Rejected as the relay or host says."""
+    import select
+    import time
+    s = connect_relay(config, host)
+    try:
+        silence = config.connect_timeout + config.io_timeout
+        s.settimeout(silence)
+        try:
+            s.sendall(frame_parts(JOB, 0, parts))
+            for part in parts:
+                s.sendall(part)
+        except OSError as e:
+            raise RelayLost("relay connection failed: %s" % e)
+        state.set_phase("compile", host.hostname)
+        now = time.monotonic()
+        deadline = now + config.job_timeout
+        heard = moved = now          # last frame; last CPU the compiler used
+        phase, cpu = "compile", None
+        while True:
+            wait = TAKE_BACK_POLL if phase == "queue" and local_hosts \
+                else PROGRESS_INTERVAL
+            ready = select.select([s], [], [], wait)[0]
+            now = time.monotonic()
+            if ready:
+                heard = now
+                kind, body = read_answer_frame(s)
+                if kind == RESULT:
+                    return body, None
+                progress = load_meta(body, MARSHAL) if body else {}
+                if progress.get("state") in ("queue", "compile") and \
+                        progress["state"] != phase:
+                    phase, cpu, moved = progress["state"], None, now
+                    state.set_phase(phase, host.hostname)
+                used = progress.get("cpu")
+                if isinstance(used, (int, float)) and \
+                        (cpu is None or used > cpu):
+                    cpu, moved = used, now
+            elif now - heard > silence:
+                raise relay_silent(silence)
+            if phase == "compile" and cpu is not None and \
+                    now - moved > config.io_timeout:
+                raise TransportError(
+                    "the compiler on %s has used no CPU for %d s"
+                    % (host.hostname, config.io_timeout),
+                    "is it stopped, or waiting for input?")
+            if now > deadline:
+                raise TransportError("no answer in %d s" % config.job_timeout,
+                                     "raise %s for longer compiles"
+                                     % ENV_JOB_TIMEOUT)
+            if phase == "queue" and local_hosts and not others_queued(
+                    os.path.join(config.dir, "slots")):
+                slot = take_free_slot(config, os.path.join(config.dir,
+                                                           "slots"),
+                                      local_hosts)
+                if slot is not None:
+                    return None, slot   # closing s cancels the host's job
+    finally:
+        s.close()
+
+
+def read_answer_frame(s):
+    """Read the next frame from relay socket S: return (PROGRESS, body) or
+    (RESULT, body).
+
+    Raises as send_job."""
+    import _socket
+    try:
+        frame = read_frame(SocketReader(s))
+    except _socket.timeout:
+        raise relay_silent(s.gettimeout())
+    except (OSError, ProtocolError) as e:
+        raise RelayLost("relay connection failed: %s" % e)
+    if frame is None:
+        raise RelayLost("the relay closed the connection without an answer")
+    kind, _, body = frame
+    if kind == ERROR:
+        raise_error_body(body, MARSHAL)
+    if kind not in (RESULT, PROGRESS):
+        raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
+    return kind, body
+
+
+def relay_silent(seconds):
+    """The error for a relay that has said nothing for SECONDS."""
+    return TransportError("the relay said nothing for %d s" % seconds,
+                          "is it stopped? distcc.py --stop ends it, and the "
+                          "next job starts one")
+
+
+class SocketReader:
+    """What read_frame needs of a file, over a socket with a timeout (a
+    file object on the socket's descriptor would ignore the timeout)."""
+
+    def __init__(self, sock):
+        self.sock = sock
+
+    def read(self, n):
+        return self.sock.recv(n)
+
+    def readinto(self, view):
+        return self.sock.recv_into(view)
+
+
+def collect_extra_files(names):
+    """Return [(name, compressed contents)] of the local files NAMES (a
+    server's 'missing' list), within the limits; [] if there are none."""
+    if not isinstance(names, list):
+        return []
+    extra = []
+    total = 0
+    for name in names[:MAX_EXTRA_FILES]:
+        if not isinstance(name, str) or name.startswith("/") or \
+                not os.path.isfile(name):
+            continue
+        try:
+            with open(name, "rb") as f:
+                data = f.read(MAX_EXTRA_BYTES + 1)
+        except OSError:
+            continue  # unreadable here too: the diagnostic stays as it is
+        total += len(data)
+        if total > MAX_EXTRA_BYTES:
+            break
+        extra.append((name, zlib.compress(data, COMPRESS_LEVEL)))
+    return extra
+
+
+def write_output(path, data):
+    """Write DATA to PATH atomically: a temp name beside it, then rename."""
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, ".%s.%d.%s.tmp" % (
+        os.path.basename(path), os.getpid(), os.urandom(3).hex()))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # never created or already renamed
+        raise
+
+
+def run_local(argv):
+    """Run the local compiler as a child (a slot is held) at
+    LOCAL_SLOT_NICE; return its status."""
+    trace("local slot: %s" % " ".join(argv))
+    try:
+        path = find_program(argv[0])
+        if path is None:
+            raise FileNotFoundError(errno.ENOENT, "not found")
+        # Before the spawn, so the compiler starts at that priority: this
+        # wrapper only waits for it and then records the job.
+        os.nice(LOCAL_SLOT_NICE)
+        return spawn(path, argv)
+    except OSError as e:
+        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "is the compiler installed and on PATH?")
+
+
+def exec_local(argv, reason):
+    """Replace this process with the local compiler."""
+    trace("local: %s: %s" % (reason, " ".join(argv)))
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "is the compiler installed and on PATH?")
+
+PHASES = ("wait", "preprocess", "send", "queue", "compile", "local")
+PHASE_WIDTH = 10                     # the phase is padded, rewritten in place
+STATS_LIMIT = 4 * 1024 * 1024        # bytes before stats becomes stats.old
+STATS_FIELDS = ("time", "host", "outcome", "preprocessed", "sent",
+                "objects", "received", "preprocess_ms", "transfer_ms",
+                "compile_ms", "write_ms", "reason")
+OUTCOMES = ("remote", "local", "fallback", "failed")
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)    # never write through a link
+
+
+class JobState:
+    """This wrapper's line in $DISTCC_DIR/jobs, and its record for stats."""
+
+    def __init__(self, directory, source):
+        import time
+        self.directory = directory      # the checked DISTCC_DIR
+        # As the command line spells it, minus what would break the line.
+        self.source = source.replace("\t", " ").replace("\n", " ")
+        self.started = time.time()
+        self.fd = None                  # the open jobs/PID file, if any
+        self.done = False               # finish() has run
+        self.record = dict.fromkeys(STATS_FIELDS, 0)
+        self.record.update(host="localhost", outcome="local", reason="")
+
+    def set_phase(self, phase, host="-"):
+        """Show PHASE (and HOST) in --monitor."""
+        text = "%-*s\t%.3f\t%s\t%s\n" % (
+            PHASE_WIDTH, phase, self.started, host, self.source)
+        line = text.encode("utf-8", "surrogateescape")
+        try:
+            if self.fd is None:
+                self.fd = os.open(job_state_path(self.directory, os.getpid()),
+                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
+                                  O_NOFOLLOW, 0o600)
+            os.pwrite(self.fd, line, 0)
+            os.ftruncate(self.fd, len(line))
+        except OSError:
+            pass  # monitoring is best effort; the compile goes on
+
+    def finish(self, outcome, reason="", host="localhost"):
+        """Record how the job ended: append its line to the stats and drop
+        its state line.  Every job ends here, once."""
+        import time
+        self.done = True
+        rec = self.record
+        rec.update(time=round(time.time(), 3), outcome=outcome, host=host,
+                   reason=" ".join(str(reason).split()))
+        line = "\t".join(str(rec[k]) for k in STATS_FIELDS) + "\n"
+        append_stats(self.directory, line.encode("utf-8", "surrogateescape"))
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+            try:
+                os.unlink(job_state_path(self.directory, os.getpid()))
+            except OSError:
+                pass  # already swept as stale by a reader
+
+
+def job_state_path(directory, pid):
+    return os.path.join(directory, "jobs", str(pid))
+
+
+def append_stats(directory, line):
+    """Append one record LINE to $DISTCC_DIR/stats (one write, so lines of
+    concurrent wrappers never interleave); rotate it to stats.old past
+    STATS_LIMIT."""
+    path = os.path.join(directory, "stats")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
+                     O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, line)
+            if os.fstat(fd).st_size > STATS_LIMIT:
+                os.replace(path, path + ".old")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # statistics must never fail a build
+
+
+def summarize_if_idle(config):
+    """With DISTCC_VERBOSE, trace the summary line of the jobs since the
+    last summary when no other job is in flight: at the end of a build,
+    and wherever a build waits on a lone step."""
+    if not Log.verbose:
+        return
+    import fcntl
+    directory = config.dir
+    if read_job_states(directory):
+        return
+    try:
+        fd = os.open(os.path.join(directory, "stats.summary"),
+                     os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
+    except OSError:
+        return  # no state dir: nothing was recorded
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        offset = int(text) if text.isdigit() else None
+        records, end = read_stats(directory, offset)
+        if records:
+            trace("summary: " + format_summary(summarize_stats(records)))
+        os.pwrite(fd, b"%-20d\n" % end, 0)
+    except OSError:
+        pass  # another wrapper is printing it
+    finally:
+        os.close(fd)
+
+# ---------------------------------------------------------------------------
+# Relay and transport
+#
+# One relay per host: it takes a lockfile, binds a Unix socket in
+# $DISTCC_DIR, detaches, and then forwards every wrapper's JOB over one ssh
+# session, renumbering frames so that many jobs share the stream.  While a
+# job is on the host the relay passes the host's PROGRESS frames on to its
+# wrapper, and a wrapper that hangs up has the host drop the job (CANCEL).
+# If ssh dies, the jobs in flight get a transport ERROR (their wrappers
+# compile locally) and the next job starts a new session.  The wrapper's
+# side of this section is connect_relay(), which hides the lock, the fork
+# and the socket.
+
+
+def state_dir(config):
+    """Create (0700) and check $DISTCC_DIR; return its path.
+
+    Raises UsageError if it is not ours or others can write to it."""
+    path = config.dir
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as e:
+        raise UsageError("cannot create %s: %s" % (path, e.strerror),
+                         "set DISTCC_DIR to a directory you own")
+    if st.st_uid != os.getuid():
+        raise UsageError("%s belongs to uid %d, not to you" % (path, st.st_uid),
+                         "set DISTCC_DIR to a directory you own")
+    if st.st_mode & 0o022:
+        raise UsageError("%s is writable by others (mode %o)"
+                         % (path, st.st_mode & 0o777),
+                         "run chmod 700 %s" % path)
+    return path
+
+
+def relay_paths(config, host):
+    """Return (socket path, lock path) of HOST's relay."""
+    base = os.path.join(config.dir, "relay-" + host.key())
+    sock = base + ".sock"
+    if len(sock.encode()) > SOCKET_PATH_LIMIT:
+        raise UsageError("DISTCC_DIR %s is too long for a Unix socket path"
+                         % config.dir, "use a shorter DISTCC_DIR")
+    return sock, base + ".lock"
+
+
+def connect_relay(config, host):
+    """Return a socket connected to HOST's relay, starting it if needed.
+
+    Raises TransportError if no relay answers within a few seconds."""
+    # _socket is the C core of socket; socket itself imports enum, which
+    # would cost the wrapper 4 ms per compile.
+    import _socket
+    import time
+    sock_path, lock_path = relay_paths(config, host)
+    deadline = time.monotonic() + 10.0
+    delay = 0.005
+    while True:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        s.settimeout(config.connect_timeout)   # a full backlog blocks
+        try:
+            s.connect(sock_path)
+            return s
+        except _socket.timeout:
+            s.close()
+            raise TransportError("the relay at %s accepts no connection"
+                                 % sock_path, "is it stopped? distcc.py "
+                                 "--stop ends it")
+        except OSError as e:
+            s.close()
+            if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
+                raise TransportError("cannot reach the relay at %s: %s"
+                                     % (sock_path, e.strerror))
+        if time.monotonic() > deadline:
+            raise TransportError("no relay for %s answers on %s"
+                                 % (host.spec, sock_path))
+        start_relay(config, host, sock_path, lock_path)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+def start_relay(config, host, sock_path, lock_path):
+    """Start HOST's relay unless another process is starting or running it.
+
+    Returns once a relay is (being) started; the caller polls the socket.
+    Raises UsageError for a DISTCC_SSH that cannot be split: here, where
+    the build sees it, not in the detached relay."""
+    import fcntl
+    config.ssh_command
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return  # another wrapper is starting it, or it runs
+            raise
+        listener = bind_listener(sock_path)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setsid()
+                if os.fork() != 0:
+                    os._exit(0)
+                run_relay_child(config, host, listener, fd, sock_path)
+            finally:
+                os._exit(0)
+        listener.close()
+        os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+
+
+def bind_listener(sock_path):
+    """Bind and listen on SOCK_PATH (mode 0600), replacing a stale socket.
+
+    The caller holds the relay lock, so no live relay owns the path."""
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock_path)
+        except OSError:
+            try:
+                os.unlink(sock_path)
+            except FileNotFoundError:
+                pass  # nothing stale to remove
+        else:
+            probe.close()
+            raise TransportError("a relay answers on %s without holding its "
+                                 "lock" % sock_path)
+        finally:
+            probe.close()
+        old = os.umask(0o177)
+        try:
+            s.bind(sock_path)
+        finally:
+            os.umask(old)
+        s.listen(128)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def run_relay_child(config, host, listener, lock_fd, sock_path):
+    """The detached relay: write its pid, serve, clean up."""
+    import gc
+    gc.enable()                     # long-lived: the launcher turned it off
+    Log.role = "relay"
+    # Hold no descriptor of the build's (make waits for its pipes to close).
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    close_other_fds({listener.fileno(), lock_fd})
+    os.ftruncate(lock_fd, 0)
+    os.write(lock_fd, b"%d\n" % os.getpid())
+    relay = Relay(host, config, listener)
+    import signal
+    # SIGTERM (distcc.py --stop) ends the accept loop through the finally
+    # below, which removes the socket and closes ssh.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    trace("relay for %s listening on %s" % (host.spec, sock_path))
+    try:
+        relay.serve()
+    except Exception as e:  # noqa: BLE001  a detached relay reports and ends
+        warn("relay for %s failed: %s" % (host.spec, e))
+    finally:
+        relay.shutdown(sock_path)
+        trace("relay for %s exits" % host.spec)
+
+
+def close_other_fds(keep):
+    """Close every descriptor above 2 except those in KEEP."""
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 256)
+    for fd in fds:
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, already closed
+
+
+def peer_creds(sock):
+    """Return (pid, uid) of the process at the other end of Unix socket
+    SOCK, or (None, None) where the platform cannot say."""
+    import socket
+    if hasattr(socket, "SO_PEERCRED"):
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                struct.calcsize("3i"))
+        pid, uid, _ = struct.unpack("3i", creds)
+        return pid, uid
+    return None, None
+
+
+def hung_up(sock):
+    """Whether the peer of Unix socket SOCK has closed it, not just its
+    writing half (a wrapper waiting for its answer has done that)."""
+    import select
+    if not hasattr(select, "poll"):
+        return False                 # PROGRESS writes will tell, later
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(events & (select.POLLHUP | select.POLLERR)
+               for _, events in poller.poll(0))
+
+
+class Relay:
+    """The relay for one host: the listening socket and its session."""
+
+    def __init__(self, host, config, listener):
+        import threading
+        self.host = host
+        self.config = config
+        self.listener = listener       # bound, listening Unix socket
+        self.lock = threading.Lock()   # guards active and mismatches
+        self.connect_lock = threading.Lock()   # one ssh start at a time
+        self.session = None            # the live Session, or None
+        self.connect_failure = None    # (monotonic time, message) or None
+        self.mismatches = set()        # (session, compiler) already noted
+        self.active = 0                # wrappers being served now
+        self.local_identities = {}     # (path, mtime) -> identity
+
+    def get_session(self):
+        """Return a live session, starting ssh if there is none."""
+        import time
+        with self.connect_lock:
+            if self.session is not None and self.session.failure is None:
+                return self.session
+            # Jobs queued behind a failed connect fail at once instead of
+            # each paying for another handshake with a dead host.
+            if self.connect_failure and time.monotonic() - \
+                    self.connect_failure[0] < RELAY_RECONNECT_DELAY:
+                raise TransportError(self.connect_failure[1])
+            ssh = self.config.ssh_command
+            argv = build_ssh_argv(ssh, self.host, self.config.dir)
+            trace("connecting: %s" % " ".join(argv))
+            try:
+                self.session = Session(argv, self.config.connect_timeout,
+                                       self.config.io_timeout)
+            except TransportError as e:
+                self.connect_failure = (time.monotonic(), e.detail)
+                raise
+            self.connect_failure = None
+            write_host_note(self.config, self.host, "cpus",
+                            "%s\n" % (self.session.cpus or ""))
+            write_host_note(self.config, self.host, "mismatch", "")
+            trace("connected to %s (server %s)"
+                  % (self.host.hostname, self.session.server_version))
+            return self.session
+
+    def local_identity(self, path):
+        try:
+            key = (path, os.stat(path).st_mtime)
+        except OSError:
+            raise Rejected("local compiler %s has gone" % path)
+        if key not in self.local_identities:
+            self.local_identities[key] = compiler_identity(path)
+        return self.local_identities[key]
+
+    def check_compiler(self, session, meta):
+        """Raise Rejected unless the host's compiler of the job META is
+        the same as the local one (version and target)."""
+        compiler = meta.get("compiler")
+        theirs = session.identity(compiler)
+        ours = self.local_identity(meta.get("compiler_path"))
+        if theirs == ours:
+            return
+        with self.lock:
+            noted = (session, compiler) in self.mismatches
+            self.mismatches.add((session, compiler))
+        if not noted:               # once per session, for --show-hosts
+            write_host_note(self.config, self.host, "mismatch",
+                            "%s: %s there, %s here\n" % (
+                                compiler, theirs.replace("\n", ", "),
+                                ours.replace("\n", ", ")), append=True)
+        raise Rejected("%s on %s differs from the local one (%s there, %s "
+                       "here)" % (compiler, self.host.hostname,
+                                  theirs.replace("\n", ", "),
+                                  ours.replace("\n", ", ")))
+
+    def serve_wrapper(self, conn):
+        """Forward one wrapper's job, the host's PROGRESS and the answer."""
+        try:
+            _, uid = peer_creds(conn)
+            if uid is not None and uid != os.getuid():
+                warn("refused a connection from uid %d" % uid)
+                return
+            out = conn.makefile("wb")
+            try:
+                frame = read_frame(conn.makefile("rb"))
+            except ProtocolError as e:
+                write_frame(out, ERROR, 0, error_body("protocol", str(e),
+                                                      MARSHAL))
+                return
+            if frame is None:
+                return
+            kind, _, body = frame
+            if kind != JOB:
+                write_frame(out, ERROR, 0, error_body(
+                    "protocol", "expected a JOB frame", MARSHAL))
+                return
+            try:
+                # Wrappers speak marshal, hosts JSON (see Framing); the
+                # blobs pass through as views, never copied.
+                meta, blobs = unpack_body(body, MARSHAL)
+                session = self.get_session()
+                self.check_compiler(session, meta)
+                job_id, pending = session.start(JOB, pack_body(meta, blobs))
+                kind, answer = session.wait(
+                    JOB, pending,
+                    lambda progress: write_frame(out, PROGRESS, 0, progress),
+                    gone=lambda: hung_up(conn))
+                if kind is None:
+                    trace("job %d: its wrapper is gone; cancelled" % job_id)
+                    session.cancel(job_id)
+                    return
+                if kind == ERROR:
+                    answer = error_body(*parse_error_body(answer), MARSHAL)
+                else:
+                    answer = pack_body(*unpack_body(answer), MARSHAL)
+            except (TransportError, ProtocolError, Rejected) as e:
+                kind, answer = ERROR, error_body(e.kind, e.detail, MARSHAL)
+            write_frame(out, kind, 0, answer)
+        except (OSError, ValueError):
+            pass  # the wrapper went away; nothing is waiting for the answer
+        finally:
+            conn.close()
+            with self.lock:
+                self.active -= 1
+
+
+    def serve(self):
+        """Accept wrappers until idle for the relay timeout."""
+        import socket
+        import threading
+        import time
+        self.listener.settimeout(1.0)
+        idle_since = time.monotonic()
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                with self.lock:
+                    busy = self.active > 0
+                if busy:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since > self.config.relay_timeout:
+                    return
+                continue
+            except OSError as e:
+                if e.errno in (errno.EINTR, errno.ECONNABORTED):
+                    continue
+                raise
+            conn.settimeout(None)
+            with self.lock:
+                self.active += 1
+            idle_since = time.monotonic()
+            threading.Thread(target=self.serve_wrapper, args=(conn,),
+                             daemon=True).start()
+
+    def shutdown(self, sock_path):
+        """Stop taking wrappers, serve those already queued, close ssh."""
+        import time
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass  # a wrapper-side cleanup got there first
+        # Connections that reached the backlog before the unlink still get
+        # served.
+        self.listener.setblocking(False)
+        import threading
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                break
+            conn.setblocking(True)
+            with self.lock:
+                self.active += 1
+            threading.Thread(target=self.serve_wrapper, args=(conn,),
+                             daemon=True).start()
+        self.listener.close()
+        while True:
+            with self.lock:
+                if self.active == 0:
+                    break
+            time.sleep(0.05)
+        if self.session is not None:
+            self.session.close()
+
+
+def relay_stop(config):
+    """Stop every relay in DISTCC_DIR (by the pids in their lockfiles)."""
+    import glob
+    import signal
+    stopped = 0
+    for lock in glob.glob(os.path.join(config.dir, "relay-*.lock")):
+        try:
+            with open(lock) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if pid > 0:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                stopped += 1
+            except ProcessLookupError:
+                pass  # already gone
+    return stopped
 
 
 def build_ssh_argv(ssh_command, host, control_dir):
@@ -1145,6 +2610,285 @@ def control_options(control_dir):
         return ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
     return ["-o", "ControlMaster=auto", "-o", "ControlPath=" + path,
             "-o", "ControlPersist=" + CONTROL_PERSIST]
+
+
+class Pending:
+    """A job in flight on a session, and what its waiter has not yet been
+    told of it."""
+
+    def __init__(self):
+        import threading
+        self.changed = threading.Condition()
+        self.frame = None             # (type, body) of the answer, once here
+        self.progress = None          # the host's latest PROGRESS, untold
+
+
+class Session:
+    """One ssh process running the server, and the jobs in flight on it."""
+
+    def __init__(self, argv, connect_timeout, io_timeout):
+        import subprocess
+        import threading
+        import time
+        self.argv = argv
+        self.query_timeout = connect_timeout  # a query is quick, or lost
+        self.lock = threading.Lock()
+        self.pending = {}             # job id -> Pending
+        self.next_id = 1
+        self.failure = None           # message once the session is dead
+        self.stderr_tail = []         # last lines ssh printed
+        self.write_lock = threading.Lock()
+        self.identities = {}          # compiler name -> Pending identity
+        try:
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE)
+        except OSError as e:
+            raise TransportError("cannot run %s: %s" % (argv[0], e.strerror),
+                                 "check DISTCC_SSH")
+        threading.Thread(target=self.read_stderr, daemon=True).start()
+        timer = threading.Timer(connect_timeout, self.proc.kill)
+        timer.start()
+        try:
+            self.server_version, self.cpus = find_banner(self.proc.stdout)
+        except TransportError:
+            self.proc.wait()
+            raise TransportError(self.exit_message())
+        except ProtocolError:
+            self.close()
+            raise
+        finally:
+            timer.cancel()
+        self.last_heard = time.monotonic()
+        threading.Thread(target=self.read_frames, daemon=True).start()
+        threading.Thread(target=self.watch, args=(io_timeout,),
+                         daemon=True).start()
+
+    def watch(self, io_timeout):
+        """Fail the session when a host with jobs in flight stays silent
+        for IO_TIMEOUT seconds (a stopped or wedged host)."""
+        import time
+        while self.failure is None:
+            time.sleep(min(1.0, io_timeout / 4))
+            with self.lock:
+                silent = bool(self.pending) and \
+                    time.monotonic() - self.last_heard > io_timeout
+            if silent:
+                self.fail("no word from the host for %ds with jobs in flight"
+                          % io_timeout)
+                self.proc.kill()
+
+    def read_stderr(self):
+        for line in self.proc.stderr:
+            text = line.decode("utf-8", "replace").rstrip()
+            if text:
+                self.stderr_tail = (self.stderr_tail + [text])[-5:]
+                trace("ssh: " + text)
+
+    def exit_message(self):
+        """Describe why the ssh process ended, with ssh's own words."""
+        status = self.proc.poll()
+        import time
+        for _ in range(20):        # let the stderr thread catch up
+            if self.stderr_tail or status is None:
+                break
+            time.sleep(0.01)
+        what = describe_exit(status, "ssh") if status is not None \
+            else "ssh session closed"
+        if status in (126, 127):
+            what += "; is distcc.py installed and executable on the host? " \
+                    "use @host:/path/to/distcc.py"
+        if self.stderr_tail:
+            what += ": " + " / ".join(self.stderr_tail[-2:])
+        return what
+
+    def read_frames(self):
+        import time
+        try:
+            while True:
+                frame = read_frame(self.proc.stdout)
+                if frame is None:
+                    break
+                kind, job_id, body = frame
+                with self.lock:
+                    self.last_heard = time.monotonic()
+                    pending = self.pending.get(job_id) if kind == PROGRESS \
+                        else self.pending.pop(job_id, None)
+                if pending is None:
+                    if kind == ERROR:
+                        warn("session error: %s" % bytes(body)[:200])
+                    continue             # a job cancelled, or heard of late
+                with pending.changed:
+                    if kind == PROGRESS:
+                        pending.progress = body
+                    else:
+                        pending.frame = (kind, body)
+                    pending.changed.notify_all()
+        except (ProtocolError, OSError, ValueError) as e:
+            self.fail("bad stream from the server: %s" % e)
+            return
+        import subprocess
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            pass  # still running with its stdout closed: close() kills it
+        self.fail(self.exit_message())
+
+    def fail(self, message):
+        """Mark the session dead and fail every job in flight."""
+        with self.lock:
+            if self.failure is None:
+                self.failure = message
+            pending, self.pending = self.pending, {}
+        for p in pending.values():
+            with p.changed:
+                p.frame = (ERROR, error_body("transport", message))
+                p.changed.notify_all()
+        self.close()
+
+    def close(self):
+        """Close ssh's stdin, then kill and reap it."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass  # already closed or broken: we are ending it anyway
+        import subprocess
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def call(self, kind, parts, timeout=None):
+        """Send one frame and wait for its answer; return (type, body).
+        Past TIMEOUT seconds without one, the session is failed.
+
+        Raises TransportError if the session dies first."""
+        _, pending = self.start(kind, parts)
+        return self.wait(kind, pending, timeout=timeout)
+
+    def start(self, kind, parts):
+        """Send the frame that starts a job; return (job id, Pending).
+
+        Raises TransportError if the session is dead."""
+        import time
+        pending = Pending()
+        with self.lock:
+            if self.failure is not None:
+                raise TransportError(self.failure)
+            if not self.pending:
+                # Silence before this job is not the host's: the watch
+                # counts from now (a build may pause longer than the
+                # I/O timeout between two jobs).
+                self.last_heard = time.monotonic()
+            job_id = self.next_id
+            self.next_id = (self.next_id % 0xFFFFFFFE) + 1
+            self.pending[job_id] = pending
+        self.send(kind, job_id, parts)
+        return job_id, pending
+
+    def send(self, kind, job_id, parts):
+        """Send one frame for job JOB_ID."""
+        try:
+            with self.write_lock:
+                write_frame(self.proc.stdin, kind, job_id, parts)
+        except (OSError, ValueError) as e:
+            self.fail("cannot write to ssh: %s" % e)
+
+    def wait(self, kind, pending, tell=None, timeout=None, gone=None):
+        """Wait for the answer to the job that start() returned PENDING
+        for; return (type, body).  TELL(body), if given, gets each of the
+        host's PROGRESS bodies for the job as it comes (as marshal), and
+        an empty one every PROGRESS_INTERVAL when the host says nothing.
+        GONE(), if given, is asked every HANGUP_POLL seconds whether the
+        waiter has given up on the job; then (and when TELL fails)
+        (None, None) is returned instead of an answer.  Past TIMEOUT
+        seconds without an answer, the session is failed."""
+        import time
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        beat = now + PROGRESS_INTERVAL
+        while True:
+            wait = min(beat - now, HANGUP_POLL if gone else PROGRESS_INTERVAL)
+            if deadline is not None:
+                wait = min(wait, deadline - now)
+            with pending.changed:
+                pending.changed.wait_for(
+                    lambda: pending.frame or pending.progress is not None,
+                    max(0.0, wait))
+                frame, progress = pending.frame, pending.progress
+                pending.progress = None
+            if frame:
+                return frame
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                # fail() answers every job in flight, this one too.
+                self.fail("no answer to a %s in %d s"
+                          % (FRAME_NAMES[kind], timeout))
+            elif gone is not None and gone():
+                return None, None
+            elif tell is not None and (progress is not None or now >= beat):
+                beat = now + PROGRESS_INTERVAL
+                try:
+                    tell(relay_progress(progress))
+                except (OSError, ValueError):
+                    return None, None   # the wrapper is gone
+
+    def cancel(self, job_id):
+        """Nobody waits for job JOB_ID any more: forget it, and have the
+        server drop it or stop its compiler."""
+        with self.lock:
+            self.pending.pop(job_id, None)
+        self.send(CANCEL, job_id, [b""])
+
+    def identity(self, compiler):
+        """Return the host's identity string of COMPILER, asking the host
+        once per session.
+
+        Raises Rejected if the host does not have it, TransportError if the
+        session dies."""
+        with self.lock:
+            entry = self.identities.get(compiler)
+            owner = entry is None
+            if owner:
+                entry = self.identities[compiler] = Pending()
+        if owner:
+            try:
+                kind, body = self.call(QUERY, pack_body({"compiler": compiler}),
+                                       timeout=self.query_timeout)
+                if kind == ERROR:
+                    raise_error_body(body)
+                meta, _ = unpack_meta(body)
+                answer = meta.get("identity")
+                if not isinstance(answer, str) or not answer:
+                    answer = Rejected(str(meta.get("error"))[:200])
+            except DistccError as e:
+                answer = e
+            with entry.changed:
+                entry.frame = answer
+                entry.changed.notify_all()
+        with entry.changed:
+            entry.changed.wait_for(lambda: entry.frame is not None)
+        if isinstance(entry.frame, DistccError):
+            raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
+        return entry.frame
+
+
+def relay_progress(body):
+    """Check the host's PROGRESS BODY (JSON, or None for a beat of the
+    relay's own) and return it as marshal for the wrapper: only a known
+    state and a number of CPU seconds pass."""
+    try:
+        meta = load_meta(bytes(body)) if body else {}
+    except ProtocolError:
+        meta = {}
+    told = {}
+    if meta.get("state") in ("queue", "compile"):
+        told["state"] = meta["state"]
+    if isinstance(meta.get("cpu"), (int, float)) and \
+            not isinstance(meta["cpu"], bool):
+        told["cpu"] = float(meta["cpu"])
+    return dump_meta(told, MARSHAL)
 
 
 def find_banner(f):
@@ -1191,8 +2935,9 @@ def noise_note(seen):
 # The stdio loop that runs compilers for a client.  Each JOB gets a private
 # temp dir that mirrors the client's paths, so that the object records the
 # client's names; prefix maps remove the temp dir from debug info.  Runs
-# only compilers, only on preprocessed input, and answers every rejection
-# with an ERROR frame.
+# only compilers, only on text the client preprocessed, written to a
+# regular file before the compiler starts, and answers every rejection with
+# an ERROR frame.
 #
 # It compiles as many jobs at once as it has CPUs (its affinity: taskset and
 # cpusets count), and the jobs beyond that wait their turn in the order they
@@ -1205,74 +2950,6 @@ def noise_note(seen):
 # The lines of `CC -v` that say what code a compiler makes: its version and
 # target (not install paths, nor "Found CUDA installation ...").
 COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
-
-# Compiler names a server runs and masquerade links answer to: gcc, g++, cc,
-# c++, clang, clang++, with a target prefix (x86_64-linux-gnu-) and a
-# version suffix (-12) allowed.
-COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
-NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                       "0123456789_.")
-VERSION_CHARS = frozenset("0123456789.")
-
-
-def is_compiler_name(name):
-    """Whether NAME is a compiler's name, as above (no re: main checks
-    every invocation's name)."""
-    if not isinstance(name, str):
-        return False
-    parts = name.split("-")
-    if len(parts) > 1 and parts[-1] and set(parts[-1]) <= VERSION_CHARS:
-        parts.pop()                 # the version suffix
-    return parts[-1] in COMPILER_BASENAMES and \
-        all(p and set(p) <= NAME_CHARS for p in parts[:-1])
-
-# Options a client must never make the host's compiler obey: they read or
-# write files of the host, or run programs.  Checked again here because a
-# hand-crafted client can send anything.
-SERVER_DENY_PREFIXES = (
-    "-fplugin", "-specs", "--specs", "-B", "-wrapper", "@", "-fprofile",
-    "-fauto-profile", "-o", "-x", "-Xassembler", "-Xlinker", "-Xclang",
-    "-Xpreprocessor", "-Wp,", "-Wl,", "-I", "-include", "-imacros",
-    "-isystem", "-iquote", "-idirafter", "-iprefix", "-iwithprefix",
-    "-iplugindir", "-isysroot", "--sysroot", "-save-temps", "-fdump-",
-    "-aux-info", "-M", "-fsanitize-blacklist", "-fsanitize-ignorelist",
-    "-include-pch", "-fmodules", "-fcallgraph-info", "-ftime-trace", "-L",
-    "-l", "-dumpdir", "-dumpbase", "--coverage", "-ftest-coverage", "-frepo",
-)
-SERVER_DENY_EXACT = {"-c", "-S", "-E", "-T", "-wrapper"}
-# Profile options that only change code generation.
-SERVER_PROFILE_ALLOWED = ("-fprofile-update", "-fprofile-reorder",
-                          "-fprofile-partial", "-fprofile-abs-path",
-                          "-fprofile-prefix-map", "-fprofile-info-section")
-SERVER_VALUE_OPTIONS = {"--param", "-mllvm", "-target", "-arch", "-G"}
-
-
-def check_server_args(args):
-    """Raise Rejected unless every element of ARGS is a safe code-generation
-    option."""
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise Rejected("arguments must be a list of strings")
-    expect_value = False
-    for arg in args:
-        if "\0" in arg:
-            raise Rejected("argument contains a NUL byte")
-        if expect_value:
-            expect_value = False
-            continue
-        if not arg.startswith("-"):
-            raise Rejected("argument %r is not an option" % arg)
-        refused = arg in SERVER_DENY_EXACT or (
-            arg.startswith(SERVER_DENY_PREFIXES) and
-            not arg.startswith(SERVER_PROFILE_ALLOWED)) or (
-            arg.startswith("-Wa,") and local_reason(arg) is not None) or (
-            arg.startswith("-fopt-info") and "=" in arg)
-        if refused:
-            raise Rejected("refused option %r: it reads or writes files or "
-                           "runs programs on the host" % arg)
-        if arg in SERVER_VALUE_OPTIONS:
-            expect_value = True
-    if expect_value:
-        raise Rejected("option %r has no value" % args[-1])
 
 
 def confined_path(root, cwd, name):
@@ -1374,17 +3051,16 @@ class Turns:
 
 
 class Server:
-    """The -i server's channel and the jobs running on it."""
+    """The -i server's channel and the jobs on it."""
 
-    def __init__(self, reader, writer, jobs):
+    def __init__(self, reader, writer, cpus):
         import threading
         self.reader = reader          # frames from the client
         self.writer = writer          # frames to the client
         self.write_lock = threading.Lock()
-        self.turns = Turns(jobs)      # compiles at once; the rest queue
+        self.turns = Turns(cpus)      # compiles at once; the rest queue
         self.threads = []             # job threads, joined at EOF
-        self.running = 0              # jobs in flight (under write_lock)
-        self.controls = {}            # job id -> JobControl, while it runs
+        self.controls = {}            # job id -> JobControl, until answered
         threading.Thread(target=self.beat, daemon=True).start()
 
     def send(self, kind, job_id, parts):
@@ -1407,20 +3083,21 @@ class Server:
                 break
             kind, job_id, body = frame
             args = (job_id, body)
-            if kind in (TEXT, CANCEL):
+            if kind == CANCEL:
                 control = self.controls.get(job_id)
-                if control is None:
-                    pass             # the job has ended already
-                elif kind == TEXT:
-                    control.pieces.put(body)
-                else:
+                if control is not None:  # else it has ended already
                     control.cancel()
                 continue
             if kind == JOB:
                 target = self.run_job
                 # The queue's order is the order the jobs came in.
-                args += (self.controls.setdefault(job_id, JobControl()),
-                         self.turns.ticket())
+                control = self.controls[job_id] = JobControl()
+                turn = self.turns.ticket()
+                if turn.locked():       # it waits: say so (see send_job)
+                    self.send(PROGRESS, job_id, progress_body(control))
+                else:
+                    control.state = "compile"
+                args += (control, turn)
             elif kind == QUERY:
                 target = self.answer_query
             else:
@@ -1430,9 +3107,7 @@ class Server:
             t = threading.Thread(target=target, args=args, daemon=True)
             t.start()
             self.threads = [x for x in self.threads if x.is_alive()] + [t]
-        for control in list(self.controls.values()):
-            control.pieces.put(b"")     # cut off: streamed jobs end
-        for t in self.threads:
+        for t in self.threads:       # the client may still read answers
             t.join()
 
     def answer_query(self, job_id, body):
@@ -1446,68 +3121,126 @@ class Server:
         self.send(IDENTITY, job_id, pack_body(answer))
 
     def beat(self):
-        """Send a PROGRESS frame every few seconds while jobs run."""
+        """Every few seconds, send each job's PROGRESS: a silent host is a
+        stalled one, and a compiler whose CPU time stands still is stuck."""
         import time
         while True:
             time.sleep(PROGRESS_INTERVAL)
-            with self.write_lock:
-                busy = self.running > 0
-            if busy:
-                self.send(PROGRESS, 0, [b""])
+            controls = list(self.controls.items())
+            if not controls:
+                continue
+            used = group_cpu_seconds()
+            for job_id, control in controls:
+                if not control.cancelled:
+                    self.send(PROGRESS, job_id, progress_body(control, used))
 
     def run_job(self, job_id, body, control, turn):
-        with self.write_lock:
-            self.running += 1
+        import shutil
+        leftovers = []               # job dirs, removed after the answer
         try:
+            queued = control.state == "queue"
             turn.acquire()
-            self.compile_and_answer(job_id, body, control)
+            if control.cancelled:
+                return               # taken back, or the client has gone
+            control.state = "compile"
+            if queued:
+                self.send(PROGRESS, job_id, progress_body(control))
+            try:
+                kind, parts = RESULT, compile_job(body, leftovers, control)
+            except (Rejected, ProtocolError) as e:
+                kind, parts = ERROR, error_body(e.kind, e.detail)
+            except OSError as e:
+                # Full disk, missing temp dir: the host is at fault, not the
+                # job, so the client retries elsewhere or locally.
+                kind, parts = ERROR, error_body("transport",
+                                                "host error: %s" % e)
+            if not control.cancelled:
+                self.send(kind, job_id, parts)
         finally:
             self.turns.release(turn)
             self.controls.pop(job_id, None)
-            with self.write_lock:
-                self.running -= 1
-
-    def send_answer(self, control, kind, job_id, parts):
-        if not control.cancelled:
-            self.send(kind, job_id, parts)
-
-    def compile_and_answer(self, job_id, body, control):
-        import shutil
-        leftovers = []               # job dirs, removed after the answer
-        parts = None
-        try:
-            if control.cancelled:
-                return
-            parts = compile_job(body, leftovers, control=control)
-        except (Rejected, ProtocolError) as e:
-            kind = "reject" if isinstance(e, Rejected) else "protocol"
-            parts = None
-            self.send_answer(control, ERROR, job_id,
-                             error_body(kind, e.detail))
-        except OSError as e:
-            # Full disk, missing temp dir: the host is at fault, not the
-            # job, so the client retries elsewhere or locally.
-            parts = None
-            self.send_answer(control, ERROR, job_id, error_body(
-                "transport", "host error: %s" % e))
-        finally:
-            if parts is not None:
-                self.send_answer(control, RESULT, job_id, parts)
             for path in leftovers:
                 shutil.rmtree(path, ignore_errors=True)
 
 
-def compile_job(body, leftovers=None, compiler=None, control=None):
+class JobControl:
+    """What the server's reader and heartbeat know of one job: whether it
+    waits for its turn or compiles, its compiler's process group (its own
+    session) while it runs, and whether a CANCEL came."""
+
+    def __init__(self):
+        import threading
+        self.lock = threading.Lock()
+        self.state = "queue"          # or "compile", once its turn came
+        self.group = None             # the compiler's pid, while it runs
+        self.cancelled = False
+
+    def started(self, pid):
+        with self.lock:
+            self.group = pid
+            if self.cancelled:
+                self.kill()
+
+    def finished(self):
+        with self.lock:
+            self.group = None
+
+    def cancel(self):
+        """Nobody waits for the job: stop it, and let it send nothing."""
+        with self.lock:
+            self.cancelled = True
+            self.kill()
+
+    def kill(self):
+        import signal
+        if self.group is not None:
+            try:
+                os.killpg(self.group, signal.SIGKILL)
+            except OSError:
+                pass  # it has just ended by itself
+
+
+def progress_body(control, used=None):
+    """The body of a PROGRESS frame for the job of CONTROL; USED maps
+    process groups to their CPU seconds (see group_cpu_seconds)."""
+    cpu = 0.0
+    if used is not None and control.group is not None:
+        cpu = used.get(control.group)
+    return dump_meta({"state": control.state, "cpu": cpu})
+
+
+def group_cpu_seconds():
+    """Return {process group: CPU seconds} of every process of this user
+    that /proc shows, counting the children each has reaped (cc1 and as,
+    once the driver has waited for them); {} without /proc."""
+    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    used = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return used
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            # After the name: state, ppid, pgrp, ..., utime, stime,
+            # cutime, cstime (fields 3, 4, 5 and 14-17 of proc(5)).
+            group, ticks_used = int(fields[2]), sum(map(int, fields[11:15]))
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile, or not a process
+        used[group] = used.get(group, 0.0) + ticks_used / ticks
+    return used
+
+
+def compile_job(body, leftovers, control):
     """Run one JOB frame's compile in a private temp dir; return the RESULT
-    body parts.  With LEFTOVERS, a list, the temp dir is added to it for
-    the caller to remove (after the answer is out) instead of removed.
-    COMPILER, a path, is the compiler to run instead of the one the job
-    names (a race run by the client: see "Racing a straggler").  CONTROL,
-    the job's JobControl, brings the text of a job that says "stream" and
-    learns the compiler's process group.
+    body parts.  The temp dir is added to the list LEFTOVERS for the
+    caller to remove (after the answer is out).  CONTROL, the job's
+    JobControl, learns the compiler's process group.
 
     Raises Rejected or ProtocolError for a job it will not run."""
-    import shutil
     import subprocess
     import tempfile
     import time
@@ -1516,7 +3249,7 @@ def compile_job(body, leftovers=None, compiler=None, control=None):
     if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
         raise ProtocolError("a job carries 2 blobs and its extra files, not "
                             "%d blobs" % len(blobs))
-    compiler = compiler or find_compiler(meta.get("compiler"))
+    compiler = find_compiler(meta.get("compiler"))
     args = meta.get("args")
     check_server_args(args)
     mode = meta.get("mode")
@@ -1533,9 +3266,7 @@ def compile_job(body, leftovers=None, compiler=None, control=None):
             k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
         raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
     family = meta.get("family")
-    control = control or JobControl()
-    stream = meta.get("stream") is True
-    source_text = None if stream else decompress(blobs[0])
+    source_text = decompress(blobs[0])
     original = decompress(blobs[1])
 
     root = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-"))
@@ -1566,14 +3297,9 @@ def compile_job(body, leftovers=None, compiler=None, control=None):
             # clang names the file as the command line spells it.
             input_path = source_path
             input_arg = source if not source.startswith("/") else source_path
-        if stream:
-            # The compiler starts now and reads the text from a FIFO as it
-            # comes: its start-up overlaps the client's preprocessor.
-            os.mkfifo(input_path, 0o600)
-        else:
-            with open(input_path, "wb") as f:
-                f.write(source_text)
-            del source_text
+        with open(input_path, "wb") as f:
+            f.write(source_text)
+        del source_text
         # A relative -o is used as the client spelled it (gcc records it as
         # the .dwo name of -gsplit-dwarf); an absolute one would name the
         # temp dir, so it is replaced.
@@ -1601,21 +3327,18 @@ def compile_job(body, leftovers=None, compiler=None, control=None):
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
         started = time.monotonic()
-        if not stream:
-            proc = subprocess.Popen(argv, cwd=work, env=child_env,
-                                    stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE,
-                                    start_new_session=True)
-            control.started(proc.pid)
-            try:
-                out, err = proc.communicate()
-            finally:
-                control.finished()
-            proc = subprocess.CompletedProcess(argv, proc.returncode, out,
-                                               err)
-        else:
-            proc = run_streamed(argv, work, child_env, input_path, control)
+        # Its own session: a CANCEL kills cc1 and as with the driver.
+        proc = subprocess.Popen(argv, cwd=work, env=child_env,
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                start_new_session=True)
+        control.started(proc.pid)
+        try:
+            out, err = proc.communicate()
+        finally:
+            control.finished()
+        proc = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         compile_ms = round((time.monotonic() - started) * 1000)
         if proc.returncode < 0:
             raise OSError(errno.EINTR, describe_exit(proc.returncode,
@@ -1643,136 +3366,8 @@ def compile_job(body, leftovers=None, compiler=None, control=None):
             result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
         return pack_body(result, blobs_out)
     finally:
-        if meta.get("save_temps"):
-            pass                     # kept for a look
-        elif leftovers is not None:
+        if not meta.get("save_temps"):
             leftovers.append(root)
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-
-
-class JobControl:
-    """A job's line from the server's reader: the pieces of its TEXT
-    frames (compressed; b"" at the end), and what a CANCEL frame needs to
-    stop it, its compiler's process group (its own session), once started
-    and until reaped."""
-
-    def __init__(self):
-        import queue
-        import threading
-        self.pieces = queue.Queue()
-        self.lock = threading.Lock()
-        self.group = None
-        self.cancelled = False
-
-    def started(self, pid):
-        with self.lock:
-            self.group = pid
-            if self.cancelled:
-                self.kill()
-
-    def finished(self):
-        with self.lock:
-            self.group = None
-
-    def cancel(self):
-        """Nobody waits for the job: stop it, and let it send nothing."""
-        with self.lock:
-            self.cancelled = True
-            self.kill()
-
-    def stop(self):
-        """Stop the compiler; the job still answers (with the failure)."""
-        with self.lock:
-            self.kill()
-
-    def kill(self):
-        import signal
-        if self.group is not None:
-            try:
-                os.killpg(self.group, signal.SIGKILL)
-            except OSError:
-                pass  # it has just ended by itself
-
-
-def run_streamed(argv, work, env, fifo, control):
-    """Start ARGV, whose input is the FIFO, and write the text of the
-    job's TEXT frames (CONTROL's pieces) into it as they come; return the
-    finished CompletedProcess.  CONTROL learns the compiler's process
-    group.
-
-    Raises ProtocolError when the text is corrupt or never completes (the
-    client went away); the compiler is killed then."""
-    import subprocess
-    import tempfile
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        # Its own process group: cc1 and as die with the driver.
-        proc = subprocess.Popen(argv, cwd=work, env=env,
-                                stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=err, start_new_session=True)
-        control.started(proc.pid)
-        try:
-            feed_fifo(proc, fifo, control.pieces)
-        except BaseException:
-            control.stop()
-            raise
-        finally:
-            proc.wait()
-            control.finished()
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(argv, proc.returncode,
-                                           out.read(), err.read())
-
-
-def feed_fifo(proc, fifo, pieces):
-    """Write the text of PIECES (a queue of compressed pieces, b"" at the
-    end) into FIFO, which PROC reads (see run_streamed).
-    A compiler that ends without reading (a bad option) ends the feeding;
-    its own status and messages tell why."""
-    import time
-    inflate = zlib.decompressobj()
-    room = MAX_FRAME
-    fd = None
-    try:
-        while fd is None and proc.poll() is None:
-            try:
-                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError as e:
-                if e.errno != errno.ENXIO:
-                    raise
-                time.sleep(0.001)    # the compiler has not opened it yet
-        if fd is not None:
-            os.set_blocking(fd, True)
-        while True:
-            piece = pieces.get()
-            if not piece:
-                break
-            try:
-                text = inflate.decompress(piece, room)
-            except zlib.error as e:
-                raise ProtocolError("corrupt compressed text: %s" % e)
-            room -= len(text)
-            if inflate.unconsumed_tail or room < 0:
-                raise ProtocolError("text over %d bytes" % MAX_FRAME)
-            if fd is not None:
-                try:
-                    write_all(fd, text)
-                except BrokenPipeError:
-                    os.close(fd)     # the compiler ended: drain, say nothing
-                    fd = None
-        if not inflate.eof:
-            raise ProtocolError("the job's text was cut off")
-    finally:
-        if fd is not None:
-            os.close(fd)
-
-
-def write_all(fd, data):
-    """Write all of DATA to FD (os.write may write less)."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
@@ -1815,117 +3410,155 @@ def server_main():
     return 0
 
 # ---------------------------------------------------------------------------
-# Job state and statistics
+# Commands
 #
-# What --monitor, --stats and the build summary read.  Each wrapper keeps a
-# one-line file $DISTCC_DIR/jobs/PID while its job runs (the relay updates
-# its phase while the job is on the host), and appends one line per job to
-# $DISTCC_DIR/stats when it ends.  Plain files, appended or rewritten with
-# single writes: no daemon to ask, nothing to lock, and a killed wrapper
-# costs one stale line that readers skip.  Readers never fail a build.
-
-PHASES = ("wait", "preprocess", "send", "compile", "receive", "local",
-          "race")
-PHASE_WIDTH = 10                     # the phase is padded, rewritten in place
-STATS_LIMIT = 4 * 1024 * 1024        # bytes before stats becomes stats.old
-STATS_FIELDS = ("time", "host", "outcome", "preprocessed", "sent",
-                "objects", "received", "preprocess_ms", "transfer_ms",
-                "compile_ms", "write_ms", "reason")
-OUTCOMES = ("remote", "local", "fallback", "failed")
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)    # never write through a link
+# What a user runs by hand: --explain, --show-hosts, --check, --monitor,
+# --stats.  They read what the wrappers and relays wrote in $DISTCC_DIR
+# and never fail a build.
 
 
-class JobState:
-    """This wrapper's line in $DISTCC_DIR/jobs, and its record for stats."""
+def explain(argv):
+    """Print the decision for compiler command ARGV as one line of JSON."""
+    try:
+        job = scan_args(expand_response_files(argv))
+        check_job_files(job)
+        remote, reason = True, None
+    except LocalOnly as e:
+        job, remote, reason = e.job, False, e.detail
+    answer = {"remote": remote,
+              "input": job.source if job else None,
+              "output": job.output if job else None,
+              "reason": reason,
+              "language": job.lang if job else None,
+              "depfile": job.depfile if job else None}
+    import json
+    sys.stdout.write(json.dumps(answer) + "\n")
+    return 0
 
-    def __init__(self, directory, source):
-        import time
-        self.directory = directory      # the checked DISTCC_DIR
-        # As the command line spells it, minus what would break the line.
-        self.source = source.replace("\t", " ").replace("\n", " ")
-        self.started = time.time()
-        self.sent = 0.0                 # when the job last left for a host
-        self.fd = None                  # the open jobs/PID file, if any
-        self.done = False               # finish() has run
-        self.won_race = False           # a local race beat the host
-        self.record = dict.fromkeys(STATS_FIELDS, 0)
-        self.record.update(host="localhost", outcome="local", reason="")
 
-    def sending(self, host):
-        """The job leaves for HOST now: phase "send", and the time that
-        decides which job races (see race_turn)."""
-        import time
-        self.sent = time.time()
-        self.set_phase("send", host)
-
-    def set_phase(self, phase, host="-"):
-        """Show PHASE (and HOST) in --monitor."""
-        text = "%-*s\t%.3f\t%.3f\t%s\t%s\n" % (
-            PHASE_WIDTH, phase, self.started, self.sent, host, self.source)
-        line = text.encode("utf-8", "surrogateescape")
-        try:
-            if self.fd is None:
-                self.fd = os.open(job_state_path(self.directory, os.getpid()),
-                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                                  O_NOFOLLOW, 0o600)
-            os.pwrite(self.fd, line, 0)
-            os.ftruncate(self.fd, len(line))
-        except OSError:
-            pass  # monitoring is best effort; the compile goes on
-
-    def finish(self, outcome, reason="", host="localhost"):
-        """Append this job's record to the stats and drop its state line."""
-        import time
-        self.done = True
-        rec = self.record
-        rec.update(time=round(time.time(), 3), outcome=outcome, host=host,
-                   reason=" ".join(str(reason).split()))
-        line = "\t".join(str(rec[k]) for k in STATS_FIELDS) + "\n"
-        append_stats(self.directory, line.encode("utf-8", "surrogateescape"))
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+def show_hosts(config):
+    """Print the host list with limits and current state."""
+    import time
+    hosts = config.hosts()
+    if not hosts:
+        sys.stdout.write("no hosts: set DISTCC_HOSTS or write %s/hosts\n"
+                         % config.dir)
+    for host in hosts:
+        state = "compiles here" if host.is_local else "ok"
+        if not host.is_local:
             try:
-                os.unlink(job_state_path(self.directory, os.getpid()))
-            except OSError:
-                pass  # already swept as stale by a reader
+                until = os.stat(backoff_path(config, host)).st_mtime
+            except FileNotFoundError:
+                until = None
+            if until is not None:
+                state = "backed off until %s" % time.strftime(
+                    "%H:%M:%S", time.localtime(until)) \
+                    if until > time.time() else "backoff over, next job probes"
+            sock, _ = relay_paths(config, host)
+            if os.path.exists(sock):
+                state += ", relay running"
+            for line in read_host_note(config, host, "mismatch").splitlines():
+                state += "; compiler differs: " + line
+        sys.stdout.write("%-40s limit %-3d %s\n" % (
+            host.spec, host_slots(config, host), state))
+    return 0
 
 
-def job_state_path(directory, pid):
-    return os.path.join(directory, "jobs", str(pid))
+def check_host(config, spec):
+    """Diagnose one host for a new user; print a line per check and return
+    0 only when the host is usable."""
+    import time
+    host = parse_host(spec if "@" in spec else "@" + spec)
+    out = sys.stdout
 
-
-def mark_phase(directory, pid, phase):
-    """Set the phase of wrapper PID's job, if it still runs (the relay's
-    half of set_phase)."""
+    def say(ok, text):
+        out.write("%-4s %s\n" % ("ok" if ok else "FAIL", text))
+        out.flush()
+        return ok
+    argv = build_ssh_argv(config.ssh_command, host, config.dir)
+    state_dir(config)
+    started = time.monotonic()
     try:
-        fd = os.open(job_state_path(directory, pid), os.O_WRONLY | O_NOFOLLOW)
-    except OSError:
-        return  # the wrapper has finished, or runs without a state line
+        session = Session(argv, config.connect_timeout, config.io_timeout)
+    except (TransportError, ProtocolError) as e:
+        say(False, "ssh %s: %s" % (host.hostname, e))
+        out.write("     command: %s\n" % " ".join(argv))
+        return 1
+    good = True
     try:
-        os.pwrite(fd, ("%-*s" % (PHASE_WIDTH, phase)).encode(), 0)
-    except OSError:
-        pass  # best effort, as above
+        say(True, "ssh reaches %s without a prompt (%.0f ms to the banner)"
+            % (host.hostname, (time.monotonic() - started) * 1000))
+        say(True, "distcc.py %s runs there (protocol %d, %s CPUs); here: %s"
+            % (session.server_version, PROTOCOL, session.cpus, VERSION))
+        for name in ("gcc", "g++", "cc", "c++", "clang", "clang++"):
+            here = find_program(name)
+            if here is None:
+                continue
+            try:
+                theirs = session.identity(name)
+            except Rejected as e:
+                out.write("--   %s: %s\n" % (name, e.detail))
+                continue
+            ours = compiler_identity(here)
+            same = theirs == ours
+            good = say(same, "%s %s: %s" % (
+                name, "matches" if same else "differs",
+                theirs.replace("\n", ", ") if same else "%s there, %s here"
+                % (theirs.replace("\n", ", "), ours.replace("\n", ", "))
+            )) and good
+        good = check_probe_compile(session, say) and good
+        times = []
+        for _ in range(20):
+            t = time.monotonic()
+            session.call(QUERY, pack_body({"compiler": "gcc"}))
+            times.append(time.monotonic() - t)
+        payload = os.urandom(4 << 20)
+        t = time.monotonic()
+        session.call(QUERY, pack_body({"compiler": "gcc"}, [payload]))
+        rate = len(payload) / (time.monotonic() - t) / 1e6
+        say(True, "round trip %.2f ms (median of 20), throughput %.0f MB/s"
+            % (sorted(times)[10] * 1000, rate))
+    except DistccError as e:
+        good = say(False, "%s: %s" % (host.hostname, e))
     finally:
-        os.close(fd)
+        session.close()
+    out.write("%s is %s\n" % (host.hostname, "usable" if good else
+                                "NOT usable"))
+    return 0 if good else 1
 
 
-def append_stats(directory, line):
-    """Append one record LINE to $DISTCC_DIR/stats (one write, so lines of
-    concurrent wrappers never interleave); rotate it to stats.old past
-    STATS_LIMIT."""
-    path = os.path.join(directory, "stats")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
-                     O_NOFOLLOW, 0o600)
+def check_probe_compile(session, say):
+    """Compile a probe file on the session's host and here; compare."""
+    import subprocess
+    import tempfile
+    here = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="distccpy-check-") as d:
+        os.chdir(d)
         try:
-            os.write(fd, line)
-            if os.fstat(fd).st_size > STATS_LIMIT:
-                os.replace(path, path + ".old")
+            with open("probe.c", "w") as f:
+                f.write("#include <stdio.h>\n#define TWICE(x) ((x) * 2)\n"
+                        "int probe(int x) { return printf(\"%d\", "
+                        "TWICE(x)); }\n")
+            argv = ["gcc", "-O2", "-g", "-c", "probe.c", "-o", "probe.o"]
+            job = scan_args(argv)
+            meta, blobs, _ = prepare_job(job)
+            kind, body = session.call(JOB, pack_body(meta, blobs))
+            if kind == ERROR:
+                raise_error_body(body)
+            result, got = unpack_body(body)
+            if result.get("status") != 0:
+                return say(False, "probe compile failed there: %s"
+                           % bytes(got[1]).decode(errors="replace").strip())
+            remote = decompress(got[-1])
+            subprocess.check_call(argv)
+            with open("probe.o", "rb") as f:
+                local = f.read()
         finally:
-            os.close(fd)
-    except OSError:
-        pass  # statistics must never fail a build
+            os.chdir(here)
+    return say(remote == local, "probe compile (gcc -O2 -g): the object "
+               "from there is %s the local one (%d bytes)"
+               % ("identical to" if remote == local else "DIFFERENT from",
+                  len(local)))
 
 
 def read_stats(directory, offset=None):
@@ -1967,9 +3600,8 @@ def read_stats(directory, offset=None):
 
 
 def read_job_states(directory):
-    """Return the jobs in flight as dicts (pid, phase, started, sent,
-    host, source), oldest first; lines of wrappers that died are
-    removed."""
+    """Return the jobs in flight as dicts (pid, phase, started, host,
+    source), oldest first; lines of wrappers that died are removed."""
     jobs = []
     folder = os.path.join(directory, "jobs")
     try:
@@ -1992,15 +3624,15 @@ def read_job_states(directory):
         except OSError:
             continue
         fields = text.rstrip("\n").split("\t")
-        if len(fields) != 5:
+        if len(fields) != 4:
             continue  # being rewritten at this instant
         try:
-            started, sent = float(fields[1]), float(fields[2])
+            started = float(fields[1])
         except ValueError:
             continue
         jobs.append({"pid": int(name), "phase": fields[0].strip(),
-                     "started": started, "sent": sent, "host": fields[3],
-                     "source": fields[4]})
+                     "started": started, "host": fields[2],
+                     "source": fields[3]})
     jobs.sort(key=lambda job: job["started"])
     return jobs
 
@@ -2126,2741 +3758,6 @@ def format_bytes(n):
     return "%.1f MB" % (n / 1e6)
 
 # ---------------------------------------------------------------------------
-# Relay
-#
-# One relay per host: it takes a lockfile, binds a Unix socket in
-# $DISTCC_DIR, detaches, and then forwards every wrapper's JOB over one ssh
-# session, renumbering frames so that many jobs share the stream.  If ssh
-# dies, the jobs in flight get a transport ERROR (their wrappers compile
-# locally) and the next job starts a new session.  The wrapper side of this
-# section is submit(), open_job() and await_answer(), which hide the socket.
-
-
-def state_dir(config):
-    """Create (0700) and check $DISTCC_DIR; return its path.
-
-    Raises UsageError if it is not ours or others can write to it."""
-    path = config.dir
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-    except OSError as e:
-        raise UsageError("cannot create %s: %s" % (path, e.strerror),
-                         "set DISTCC_DIR to a directory you own")
-    if st.st_uid != os.getuid():
-        raise UsageError("%s belongs to uid %d, not to you" % (path, st.st_uid),
-                         "set DISTCC_DIR to a directory you own")
-    if st.st_mode & 0o022:
-        raise UsageError("%s is writable by others (mode %o)"
-                         % (path, st.st_mode & 0o777),
-                         "run chmod 700 %s" % path)
-    return path
-
-
-def relay_paths(config, host):
-    """Return (socket path, lock path) of HOST's relay."""
-    base = os.path.join(config.dir, "relay-" + host.key())
-    sock = base + ".sock"
-    if len(sock.encode()) > SOCKET_PATH_LIMIT:
-        raise UsageError("DISTCC_DIR %s is too long for a Unix socket path"
-                         % config.dir, "use a shorter DISTCC_DIR")
-    return sock, base + ".lock"
-
-
-def peer_creds(sock):
-    """Return (pid, uid) of the process at the other end of Unix socket
-    SOCK, or (None, None) where the platform cannot say."""
-    import socket
-    if hasattr(socket, "SO_PEERCRED"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                struct.calcsize("3i"))
-        pid, uid, _ = struct.unpack("3i", creds)
-        return pid, uid
-    return None, None
-
-
-class Pending:
-    """A job in flight on a session: its wrapper thread waits on it."""
-
-    def __init__(self, pid=None):
-        import threading
-        self.done = threading.Event()
-        self.frame = None             # (type, body) once answered
-        self.pid = pid                # the wrapper's pid, for its phase
-
-
-class Session:
-    """One ssh process running the server, and the jobs in flight on it."""
-
-    def __init__(self, argv, connect_timeout, io_timeout, state=None):
-        import subprocess
-        import threading
-        import time
-        self.argv = argv
-        self.state = state            # DISTCC_DIR for job phases, or None
-        self.query_timeout = connect_timeout  # a query is quick, or lost
-        self.lock = threading.Lock()
-        self.pending = {}             # job id -> Pending
-        self.next_id = 1
-        self.failure = None           # message once the session is dead
-        self.stderr_tail = []         # last lines ssh printed
-        self.write_lock = threading.Lock()
-        self.identities = {}          # compiler name -> Pending identity
-        try:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE)
-        except OSError as e:
-            raise TransportError("cannot run %s: %s" % (argv[0], e.strerror),
-                                 "check DISTCC_SSH")
-        threading.Thread(target=self.read_stderr, daemon=True).start()
-        timer = threading.Timer(connect_timeout, self.proc.kill)
-        timer.start()
-        try:
-            self.server_version, self.cpus = find_banner(self.proc.stdout)
-        except TransportError:
-            self.proc.wait()
-            raise TransportError(self.exit_message())
-        except ProtocolError:
-            self.close()
-            raise
-        finally:
-            timer.cancel()
-        self.last_heard = time.monotonic()
-        threading.Thread(target=self.read_frames, daemon=True).start()
-        threading.Thread(target=self.watch, args=(io_timeout,),
-                         daemon=True).start()
-
-    def watch(self, io_timeout):
-        """Fail the session when a host with jobs in flight stays silent
-        for IO_TIMEOUT seconds (a stopped or wedged host)."""
-        import time
-        while self.failure is None:
-            time.sleep(min(1.0, io_timeout / 4))
-            with self.lock:
-                busy = bool(self.pending)
-            if busy and time.monotonic() - self.last_heard > io_timeout:
-                self.fail("no word from the host for %ds with jobs in flight"
-                          % io_timeout)
-                self.proc.kill()
-
-    def read_stderr(self):
-        for line in self.proc.stderr:
-            text = line.decode("utf-8", "replace").rstrip()
-            if text:
-                self.stderr_tail = (self.stderr_tail + [text])[-5:]
-                trace("ssh: " + text)
-
-    def exit_message(self):
-        """Describe why the ssh process ended, with ssh's own words."""
-        status = self.proc.poll()
-        import time
-        for _ in range(20):        # let the stderr thread catch up
-            if self.stderr_tail or status is None:
-                break
-            time.sleep(0.01)
-        what = describe_exit(status, "ssh") if status is not None \
-            else "ssh session closed"
-        if status in (126, 127):
-            what += "; is distcc.py installed and executable on the host? " \
-                    "use @host:/path/to/distcc.py"
-        if self.stderr_tail:
-            what += ": " + " / ".join(self.stderr_tail[-2:])
-        return what
-
-    def read_frames(self):
-        import time
-        try:
-            while True:
-                frame = read_frame(self.proc.stdout, self.on_header)
-                if frame is None:
-                    break
-                kind, job_id, body = frame
-                self.last_heard = time.monotonic()
-                if kind == PROGRESS:
-                    continue
-                with self.lock:
-                    pending = self.pending.pop(job_id, None)
-                if pending is None:
-                    if kind == ERROR:
-                        warn("session error: %s" % bytes(body)[:200])
-                    continue
-                pending.frame = (kind, body)
-                pending.done.set()
-        except (ProtocolError, OSError, ValueError) as e:
-            self.fail("bad stream from the server: %s" % e)
-            return
-        import subprocess
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass  # still running with its stdout closed: close() kills it
-        self.fail(self.exit_message())
-
-    def on_header(self, kind, job_id):
-        """A frame's header has arrived: its job is now receiving."""
-        if kind == RESULT and self.state:
-            pending = self.pending.get(job_id)
-            if pending is not None and pending.pid:
-                mark_phase(self.state, pending.pid, "receive")
-
-    def fail(self, message):
-        """Mark the session dead and fail every job in flight."""
-        with self.lock:
-            if self.failure is None:
-                self.failure = message
-            pending, self.pending = self.pending, {}
-        for p in pending.values():
-            p.frame = (ERROR, error_body("transport", message))
-            p.done.set()
-        self.close()
-
-    def close(self):
-        """Close ssh's stdin, then kill and reap it."""
-        try:
-            self.proc.stdin.close()
-        except (OSError, ValueError):
-            pass  # already closed or broken: we are ending it anyway
-        import subprocess
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-    def call(self, kind, parts, pid=None, waiting=None, timeout=None):
-        """Send one frame and wait for its answer; return (type, body).
-        PID is the wrapper's, whose phase this follows; WAITING() is called
-        every PROGRESS_INTERVAL until the answer comes.  Past TIMEOUT
-        seconds without one, the session is failed.
-
-        Raises TransportError if the session dies first."""
-        job_id, pending = self.start(kind, parts, pid)
-        return self.wait(kind, pending, waiting, timeout)
-
-    def start(self, kind, parts, pid=None, mark=True):
-        """Send the first frame of a job; return (job id, Pending).  MARK:
-        the job is on the host now (not still on its way, in TEXT frames).
-
-        Raises TransportError if the session is dead."""
-        pending = Pending(pid)
-        with self.lock:
-            if self.failure is not None:
-                raise TransportError(self.failure)
-            job_id = self.next_id
-            self.next_id = (self.next_id % 0xFFFFFFFE) + 1
-            self.pending[job_id] = pending
-        self.send(kind, job_id, parts)
-        if mark:
-            self.mark_compile(pid)
-        return job_id, pending
-
-    def mark_compile(self, pid):
-        """Show wrapper PID's job in the compile phase (--monitor)."""
-        if pid and self.state:
-            mark_phase(self.state, pid, "compile")
-
-    def send(self, kind, job_id, parts):
-        """Send one more frame of job JOB_ID (its TEXT)."""
-        try:
-            with self.write_lock:
-                write_frame(self.proc.stdin, kind, job_id, parts)
-        except (OSError, ValueError) as e:
-            self.fail("cannot write to ssh: %s" % e)
-
-    def wait(self, kind, pending, waiting=None, timeout=None, gone=None):
-        """Wait for the answer to the job that start() returned PENDING
-        for (see call).  GONE(), if given, is asked every HANGUP_POLL
-        seconds whether the wrapper has given up on the job; then (and when
-        WAITING fails) None is returned instead of an answer."""
-        import time
-        now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
-        beat = now + PROGRESS_INTERVAL
-        while True:
-            wait = beat - now
-            if gone is not None:
-                wait = min(wait, HANGUP_POLL)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
-            if pending.done.wait(max(0.0, wait)):
-                return pending.frame
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                # fail() answers every job in flight, this one too.
-                self.fail("no answer to a %s in %d s"
-                          % (FRAME_NAMES[kind], timeout))
-            elif gone is not None and gone():
-                return None
-            elif now >= beat:
-                beat = now + PROGRESS_INTERVAL
-                try:
-                    if waiting is not None:
-                        waiting()
-                except (OSError, ValueError):
-                    return None     # the wrapper is gone
-
-    def cancel(self, job_id):
-        """Nobody waits for job JOB_ID any more: forget it, and have the
-        server stop it if it can (older servers finish it, and the answer
-        is dropped)."""
-        with self.lock:
-            self.pending.pop(job_id, None)
-        if version_tuple(self.server_version) >= CANCEL_SINCE:
-            self.send(CANCEL, job_id, [b""])
-
-    def identity(self, compiler):
-        """Return the host's identity string of COMPILER, asking the host
-        once per session.
-
-        Raises Rejected if the host does not have it, TransportError if the
-        session dies."""
-        with self.lock:
-            entry = self.identities.get(compiler)
-            owner = entry is None
-            if owner:
-                entry = self.identities[compiler] = Pending()
-        if owner:
-            try:
-                kind, body = self.call(QUERY, pack_body({"compiler": compiler}),
-                                       timeout=self.query_timeout)
-                if kind == ERROR:
-                    raise_error_body(body)
-                meta, _ = unpack_meta(body)
-                entry.frame = meta.get("identity") or \
-                    Rejected(str(meta.get("error")))
-            except DistccError as e:
-                entry.frame = e
-            finally:
-                entry.done.set()
-        entry.done.wait()
-        if isinstance(entry.frame, DistccError):
-            raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
-        return entry.frame
-
-
-def read_text(f):
-    """Yield the pieces of the TEXT frames a wrapper sends after a
-    streamed JOB, up to its end of writing (or its going away: then the
-    pieces do not make a whole zlib stream, and the host can tell)."""
-    try:
-        while True:
-            frame = read_frame(f)
-            if frame is None or frame[0] != TEXT or not frame[2]:
-                return
-            yield frame[2]
-    except (OSError, ProtocolError):
-        return
-
-
-def version_tuple(text):
-    """'0.2.0' -> (0, 2, 0); anything unparsable is (0,)."""
-    try:
-        return tuple(int(x) for x in str(text).split("."))
-    except ValueError:
-        return (0,)
-
-
-class Relay:
-    """The relay for one host: the listening socket and its session."""
-
-    def __init__(self, host, config, listener):
-        import threading
-        self.host = host
-        self.config = config
-        self.listener = listener       # bound, listening Unix socket
-        self.lock = threading.Lock()         # guards active
-        self.connect_lock = threading.Lock() # one ssh start at a time
-        self.session = None            # the live Session, or None
-        self.connect_failure = None    # (monotonic time, message) or None
-        self.mismatches = set()        # (session, compiler) already noted
-        self.active = 0                # wrappers being served now
-        self.local_identities = {}     # (path, mtime) -> identity
-
-    def get_session(self):
-        """Return a live session, starting ssh if there is none."""
-        import time
-        with self.connect_lock:
-            if self.session is not None and self.session.failure is None:
-                return self.session
-            # Jobs queued behind a failed connect fail at once instead of
-            # each paying for another handshake with a dead host.
-            if self.connect_failure and time.monotonic() - \
-                    self.connect_failure[0] < RELAY_RECONNECT_DELAY:
-                raise TransportError(self.connect_failure[1])
-            ssh = self.config.ssh_command
-            argv = build_ssh_argv(ssh, self.host, self.config.dir)
-            trace("connecting: %s" % " ".join(argv))
-            try:
-                self.session = Session(argv, self.config.connect_timeout,
-                                       self.config.io_timeout,
-                                       self.config.dir)
-            except TransportError as e:
-                self.connect_failure = (time.monotonic(), e.detail)
-                raise
-            self.connect_failure = None
-            write_host_note(self.config, self.host, "cpus",
-                            "%s\n" % (self.session.cpus or ""))
-            write_host_note(self.config, self.host, "mismatch", "")
-            trace("connected to %s (server %s)"
-                  % (self.host.hostname, self.session.server_version))
-            return self.session
-
-    def local_identity(self, path):
-        try:
-            key = (path, os.stat(path).st_mtime)
-        except OSError:
-            raise Rejected("local compiler %s has gone" % path)
-        if key not in self.local_identities:
-            self.local_identities[key] = compiler_identity(path)
-        return self.local_identities[key]
-
-    def note_mismatch(self, compiler, theirs, ours):
-        """Record a compiler mismatch once per session for --show-hosts."""
-        with self.lock:
-            if (self.session, compiler) in self.mismatches:
-                return
-            self.mismatches.add((self.session, compiler))
-        write_host_note(self.config, self.host, "mismatch",
-                        "%s: %s there, %s here\n" % (
-                            compiler, theirs.replace("\n", ", "),
-                            ours.replace("\n", ", ")), append=True)
-
-    def serve_wrapper(self, conn):
-        """Forward one wrapper's job and its answer."""
-        try:
-            pid, uid = peer_creds(conn)
-            if uid is not None and uid != os.getuid():
-                warn("refused a connection from uid %d" % uid)
-                return
-            f = conn.makefile("rb")
-            out = conn.makefile("wb")
-            try:
-                frame = read_frame(f)
-            except ProtocolError as e:
-                write_frame(out, ERROR, 0, error_body("protocol", str(e),
-                                                      local=True))
-                return
-            if frame is None:
-                return
-            kind, _, body = frame
-            if kind != JOB:
-                write_frame(out, ERROR, 0, error_body(
-                    "protocol", "expected a JOB frame", local=True))
-                return
-            try:
-                # Wrappers speak marshal, hosts JSON (see Framing); the
-                # blobs pass through as views, never copied.
-                meta, blobs = unpack_body(body, local=True)
-                session = self.get_session()
-                theirs = session.identity(meta.get("compiler"))
-                ours = self.local_identity(meta.get("compiler_path"))
-                if theirs != ours:
-                    self.note_mismatch(meta.get("compiler"), theirs, ours)
-                    raise Rejected(
-                        "%s on %s differs from the local one (%s there, %s "
-                        "here)" % (meta.get("compiler"), self.host.hostname,
-                                   theirs.replace("\n", ", "),
-                                   ours.replace("\n", ", ")))
-                if meta.get("stream") and \
-                        version_tuple(session.server_version) < TEXT_SINCE:
-                    # An older server: the whole text in the JOB frame.
-                    del meta["stream"]
-                    blobs[0] = b"".join(read_text(f))
-                if meta.get("stream"):
-                    job_id, pending = session.start(
-                        JOB, pack_body(meta, blobs), pid, mark=False)
-                    for piece in read_text(f):
-                        session.send(TEXT, job_id, piece)
-                    session.send(TEXT, job_id, [b""])   # the end
-                    session.mark_compile(pid)
-                else:
-                    job_id, pending = session.start(
-                        JOB, pack_body(meta, blobs), pid)
-                # The wrapper hears from us while the host compiles, so a
-                # silent relay is a stopped one.  A wrapper that hangs up
-                # (it raced the job and won) has the host stop the job.
-                answer = session.wait(
-                    JOB, pending, lambda: write_frame(out, PROGRESS, 0, [b""]),
-                    gone=lambda: hung_up(conn))
-                if answer is None:
-                    trace("job %d: its wrapper is gone; cancelled" % job_id)
-                    session.cancel(job_id)
-                    return
-                kind, answer = answer
-                if kind == ERROR:
-                    answer = error_body(*parse_error_body(answer),
-                                        local=True)
-                else:
-                    answer = pack_body(*unpack_body(answer), local=True)
-            except (TransportError, ProtocolError, Rejected) as e:
-                kind_name = {TransportError: "transport",
-                             ProtocolError: "protocol"}.get(type(e), "reject")
-                kind, answer = ERROR, error_body(kind_name, e.detail,
-                                                 local=True)
-            write_frame(out, kind, 0, answer)
-        except (OSError, ValueError):
-            pass  # the wrapper went away; nothing is waiting for the answer
-        finally:
-            conn.close()
-            with self.lock:
-                self.active -= 1
-
-    def serve(self):
-        """Accept wrappers until idle for the relay timeout."""
-        import socket
-        import threading
-        import time
-        self.listener.settimeout(1.0)
-        idle_since = time.monotonic()
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                with self.lock:
-                    busy = self.active > 0
-                if busy:
-                    idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > self.config.relay_timeout:
-                    return
-                continue
-            except OSError as e:
-                if e.errno in (errno.EINTR, errno.ECONNABORTED):
-                    continue
-                raise
-            conn.settimeout(None)
-            with self.lock:
-                self.active += 1
-            idle_since = time.monotonic()
-            threading.Thread(target=self.serve_wrapper, args=(conn,),
-                             daemon=True).start()
-
-    def shutdown(self, sock_path):
-        """Stop taking wrappers, serve those already queued, close ssh."""
-        import time
-        try:
-            os.unlink(sock_path)
-        except FileNotFoundError:
-            pass  # a wrapper-side cleanup got there first
-        # Connections that reached the backlog before the unlink still get
-        # served.
-        self.listener.setblocking(False)
-        import threading
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                break
-            conn.setblocking(True)
-            with self.lock:
-                self.active += 1
-            threading.Thread(target=self.serve_wrapper, args=(conn,),
-                             daemon=True).start()
-        self.listener.close()
-        while True:
-            with self.lock:
-                if self.active == 0:
-                    break
-            time.sleep(0.05)
-        if self.session is not None:
-            self.session.close()
-
-
-def hung_up(sock):
-    """Whether the peer of Unix socket SOCK has closed it, not just its
-    writing half (a wrapper waiting for its answer has done that)."""
-    import select
-    if not hasattr(select, "poll"):
-        return False                 # PROGRESS writes will tell, later
-    poller = select.poll()
-    poller.register(sock, select.POLLHUP)
-    return any(events & (select.POLLHUP | select.POLLERR)
-               for _, events in poller.poll(0))
-
-
-def write_host_note(config, host, kind, text, append=False):
-    """Record what the relay learned of HOST (its CPU count, compiler
-    mismatches) for wrappers and --show-hosts."""
-    path = os.path.join(config.dir, "%s-%s" % (kind, host.key()))
-    try:
-        with open(path, "a" if append else "w") as f:
-            f.write(text)
-    except OSError as e:
-        warn("cannot write %s: %s" % (path, e.strerror))
-
-
-def read_host_note(config, host, kind):
-    """Return what write_host_note recorded, or ""."""
-    try:
-        with open(os.path.join(config.dir, "%s-%s" % (kind, host.key()))) \
-                as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
-def bind_listener(sock_path):
-    """Bind and listen on SOCK_PATH (mode 0600), replacing a stale socket.
-
-    The caller holds the relay lock, so no live relay owns the path."""
-    import socket
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(sock_path)
-        except OSError:
-            try:
-                os.unlink(sock_path)
-            except FileNotFoundError:
-                pass  # nothing stale to remove
-        else:
-            probe.close()
-            raise TransportError("a relay answers on %s without holding its "
-                                 "lock" % sock_path)
-        finally:
-            probe.close()
-        old = os.umask(0o177)
-        try:
-            s.bind(sock_path)
-        finally:
-            os.umask(old)
-        s.listen(128)
-    except BaseException:
-        s.close()
-        raise
-    return s
-
-
-def start_relay(config, host, sock_path, lock_path):
-    """Start HOST's relay unless another process is starting or running it.
-
-    Returns once a relay is (being) started; the caller polls the socket.
-    Raises UsageError for a DISTCC_SSH that cannot be split: here, where
-    the build sees it, not in the detached relay."""
-    import fcntl
-    config.ssh_command
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return  # another wrapper is starting it, or it runs
-            raise
-        listener = bind_listener(sock_path)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setsid()
-                if os.fork() != 0:
-                    os._exit(0)
-                run_relay_child(config, host, listener, fd, sock_path)
-            finally:
-                os._exit(0)
-        listener.close()
-        os.waitpid(pid, 0)
-    finally:
-        os.close(fd)
-
-
-def run_relay_child(config, host, listener, lock_fd, sock_path):
-    """The detached relay: write its pid, serve, clean up."""
-    import gc
-    gc.enable()                     # long-lived: the launcher turned it off
-    Log.role = "relay"
-    # Hold no descriptor of the build's (make waits for its pipes to close).
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-    close_other_fds({listener.fileno(), lock_fd})
-    os.ftruncate(lock_fd, 0)
-    os.write(lock_fd, b"%d\n" % os.getpid())
-    relay = Relay(host, config, listener)
-    import signal
-    # SIGTERM (distcc.py --stop) ends the accept loop through the finally
-    # below, which removes the socket and closes ssh.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    trace("relay for %s listening on %s" % (host.spec, sock_path))
-    try:
-        relay.serve()
-    except Exception as e:  # noqa: BLE001  a detached relay reports and ends
-        warn("relay for %s failed: %s" % (host.spec, e))
-    finally:
-        relay.shutdown(sock_path)
-        trace("relay for %s exits" % host.spec)
-
-
-def close_other_fds(keep):
-    """Close every descriptor above 2 except those in KEEP."""
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = range(3, 256)
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the listing's own descriptor, already closed
-
-
-def connect_relay(config, host):
-    """Return a socket connected to HOST's relay, starting it if needed.
-
-    Raises TransportError if no relay answers within a few seconds."""
-    # _socket is the C core of socket; socket itself imports enum, which
-    # would cost the wrapper 4 ms per compile.
-    import _socket
-    import time
-    sock_path, lock_path = relay_paths(config, host)
-    deadline = time.monotonic() + 10.0
-    delay = 0.005
-    while True:
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
-        s.settimeout(config.connect_timeout)   # a full backlog blocks
-        try:
-            s.connect(sock_path)
-            return s
-        except _socket.timeout:
-            s.close()
-            raise TransportError("the relay at %s accepts no connection"
-                                 % sock_path, "is it stopped? distcc.py "
-                                 "--stop ends it")
-        except OSError as e:
-            s.close()
-            if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                raise TransportError("cannot reach the relay at %s: %s"
-                                     % (sock_path, e.strerror))
-        if time.monotonic() > deadline:
-            raise TransportError("no relay for %s answers on %s"
-                                 % (host.spec, sock_path))
-        start_relay(config, host, sock_path, lock_path)
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
-
-
-def submit(config, host, parts):
-    """Send a JOB (body PARTS) to HOST through its relay; return the RESULT
-    body.
-
-    Raises TransportError (also when the relay says nothing, not even a
-    PROGRESS frame, for the connect and I/O timeouts together: a stopped
-    relay), ProtocolError or Rejected."""
-    s = open_job(config, host, parts)
-    try:
-        return await_answer(s)
-    finally:
-        s.close()
-
-
-def open_job(config, host, parts):
-    """Connect to HOST's relay and send a JOB (body PARTS); return the
-    socket, on which a streamed job's TEXT frames follow.
-
-    Raises TransportError or RelayLost."""
-    s = connect_relay(config, host)
-    s.settimeout(config.connect_timeout + config.io_timeout)
-    try:
-        s.sendall(frame_parts(JOB, 0, parts))
-        for part in parts:
-            s.sendall(part)
-    except OSError as e:
-        s.close()
-        raise RelayLost("relay connection failed: %s" % e)
-    return s
-
-
-def await_answer(s):
-    """End the job on relay socket S and return the RESULT body.
-
-    Raises as submit."""
-    s.shutdown(1)
-    kind, body = read_answer_frame(s)
-    while kind == PROGRESS:
-        kind, body = read_answer_frame(s)
-    return body
-
-
-def read_answer_frame(s):
-    """Read the next frame from relay socket S: return (PROGRESS, body) or
-    (RESULT, body).
-
-    Raises as submit."""
-    import _socket
-    try:
-        frame = read_frame(SocketReader(s))
-    except _socket.timeout:
-        raise relay_silent(s.gettimeout())
-    except (OSError, ProtocolError) as e:
-        raise RelayLost("relay connection failed: %s" % e)
-    if frame is None:
-        raise RelayLost("the relay closed the connection without an answer")
-    kind, _, body = frame
-    if kind == ERROR:
-        raise_error_body(body, local=True)
-    if kind not in (RESULT, PROGRESS):
-        raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
-    return kind, body
-
-
-def relay_silent(seconds):
-    """The error for a relay that has said nothing for SECONDS."""
-    return TransportError("the relay said nothing for %d s" % seconds,
-                          "is it stopped? distcc.py --stop ends it, and the "
-                          "next job starts one")
-
-
-class SocketReader:
-    """What read_frame needs of a file, over a socket with a timeout (a
-    file object on the socket's descriptor would ignore the timeout)."""
-
-    def __init__(self, sock):
-        self.sock = sock
-
-    def read(self, n):
-        return self.sock.recv(n)
-
-    def readinto(self, view):
-        return self.sock.recv_into(view)
-
-
-def relay_stop(config):
-    """Stop every relay in DISTCC_DIR (by the pids in their lockfiles)."""
-    import glob
-    import signal
-    stopped = 0
-    for lock in glob.glob(os.path.join(config.dir, "relay-*.lock")):
-        try:
-            with open(lock) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            continue
-        if pid > 0:
-            try:
-                os.kill(pid, signal.SIGTERM)
-                stopped += 1
-            except ProcessLookupError:
-                pass  # already gone
-    return stopped
-
-# ---------------------------------------------------------------------------
-# Warm start
-#
-# A wrapper is a fresh Python: 12 ms of interpreter start and 5 ms of module
-# load before the preprocessor even starts, most of what a small job costs
-# beyond a local compile.  On Linux, a warm process per DISTCC_DIR takes
-# that away, and no process starts for a request at all:
-#
-#   sh launcher   claims reply FIFO warm/r.K (of 128 the warm process made)
-#                 by creating warm/c.K with noclobber, writes "PID NARGS K"
-#                 into the FIFO warm/in, and reads one line from r.K
-#   warm process  hands the line to a child it forked ahead, and forks the
-#                 next one
-#   child         takes the argv, environment, working directory, umask
-#                 and output streams of the sh from /proc, runs the wrapper
-#                 as the launcher would, and answers on r.K: the exit
-#                 status, "L" (compile here: the launcher runs the ordinary
-#                 wrapper, which goes straight to the local compiler), or
-#                 "P" (nothing was done: run the ordinary wrapper)
-#
-# An output stream that opening /proc/PID/fd/N cannot reproduce is a file
-# without O_APPEND (make >log: a second open would not share the sh's file
-# offset, and would write over the log) or a socket.  The child keeps what
-# the job writes there in a memfd, and puts "E" (for stderr) or "O" (for
-# stdout) before its answer, followed by that output on the same FIFO:
-# the sh copies it with cat through its own descriptor, offset and all.
-# A silent job costs nothing extra.  Two such streams that are not one
-# file, and whatever else a child cannot reproduce exactly, answer "P": a
-# distcc.py that changed on disk, a process that is not ours.
-#
-# A sh does not wait for a dead warm process: it checks the pid and the
-# start time in warm.lock first (a zombie or a reused pid is dead), and the
-# child holds the reply FIFO open (its death is EOF).  Only a warm process
-# killed in the microseconds between that check and the request leaves a
-# sh waiting, until the next warm process starts: it answers whoever still
-# waits in the old directory.  When the sh dies first (make interrupted),
-# the child ends without writing the object: an object written late could
-# look newer than a source edited after the interrupt.
-#
-# Offers the wrapper start_warm() and the Warm state it consults, and
-# main dispatch warm_serve().
-
-WARM_DIR = "warm"                    # in DISTCC_DIR: "in", r.K and c.K
-WARM_SLOTS = 128                     # reply FIFOs (the launcher says 128 too)
-WARM_LOCK = "warm.lock"              # flock, "PID START-TIME"
-WARM_ROLE = "--warm-serve"           # argv of the warm process
-WARM_DRAIN = 0.5                     # seconds a retiring warm process
-                                     # still answers requests on their way
-
-
-class Warm:
-    """What a wrapper that runs in a warm child (see Warm start) does
-    differently; an ordinary wrapper leaves it as it is."""
-
-    child = False                    # True in a child serving one job
-    client = None                    # the pid of the sh it serves
-    pidfd = None                     # a pidfd of that sh, where there is one
-    claim = None                     # the path of the sh's claim, c.K
-    temp = None                      # the temp file write_output may leave
-    capture = None                   # (b"E" or b"O", fd) of captured output
-
-    @classmethod
-    def client_gone(cls):
-        """Whether the sh this warm child serves has died (always False
-        in an ordinary wrapper)."""
-        return cls.child and process_gone(cls.client, cls.pidfd)
-
-
-class WarmLocal(BaseException):
-    """Raised in a warm child instead of exec'ing the local compiler.  A
-    BaseException, so that main's error handling lets it through."""
-
-
-def warm_paths(directory):
-    """Return (warm dir, request FIFO, lock path) in DISTCC_DIR."""
-    wdir = os.path.join(directory, WARM_DIR)
-    return wdir, os.path.join(wdir, "in"), os.path.join(directory, WARM_LOCK)
-
-
-def start_warm(config, directory):
-    """Start the warm process of DISTCC_DIR unless one runs (Linux only;
-    DISTCC_WARM=0 turns it off).  Costs a stat, and a spawn once."""
-    if Warm.child or not sys.platform.startswith("linux") or \
-            os.environ.get(ENV_WARM, "1") == "0":
-        return
-    _, fifo, lock = warm_paths(directory)
-    if os.path.exists(fifo) and read_warm_lock(lock):
-        return                       # it runs
-    null = os.open(os.devnull, os.O_RDWR)
-    try:
-        # Through the launcher, as any role; its own session, so that the
-        # build's ^C is not its.
-        os.posix_spawn("/bin/sh", ["sh", sys.modules[__name__].__file__,
-                                   WARM_ROLE], os.environ,
-                       file_actions=[(os.POSIX_SPAWN_DUP2, null, fd)
-                                     for fd in (0, 1, 2)], setsid=True)
-    except OSError as e:
-        trace("cannot start the warm process: %s" % e.strerror)
-    finally:
-        os.close(null)
-
-
-def warm_serve(config, run_job):
-    """Be the warm process: hand each request to a child forked ahead,
-    which calls RUN_JOB(argv, invoked_as) as the launcher would.  Ends after
-    DISTCC_RELAY_TIMEOUT idle seconds, on SIGTERM, or when this file
-    changes on disk."""
-    import fcntl
-    import select
-    import signal
-    import time
-    Log.role = "warm"
-    directory = state_dir(config)
-    wdir, fifo, lock = warm_paths(directory)
-    lock_fd = os.open(lock, os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return 0                     # another one runs or is starting
-    close_other_fds({lock_fd})
-    if os.path.lexists(wdir):        # left by a warm process that died
-        drain_warm_dir(take_warm_dir(wdir), {})
-    # Build the directory aside and rename it: a sh sees all or nothing.
-    fresh = "%s.new.%d" % (wdir, os.getpid())
-    os.mkdir(fresh, 0o700)
-    for name in ["in"] + ["r.%d" % k for k in range(WARM_SLOTS)]:
-        os.mkfifo(os.path.join(fresh, name), 0o600)
-    in_fd = os.open(os.path.join(fresh, "in"), os.O_RDWR | os.O_NONBLOCK)
-    os.rename(fresh, wdir)
-    os.ftruncate(lock_fd, 0)
-    os.write(lock_fd, b"%d %d\n" % (os.getpid(), process_start(os.getpid())))
-    program = sys.modules[__name__].__file__
-    identity = file_identity(program)
-    import _socket  # noqa: F401  what a wrapper imports on its way
-    import termios  # noqa: F401
-    # SIGCHLD and SIGTERM wake the select through this pipe: children
-    # are reaped at once (their CPU time is ours as soon as they end).
-    wake_r, wake_w = os.pipe()
-    for fd in (wake_r, wake_w):
-        os.set_blocking(fd, False)
-    signal.set_wakeup_fd(wake_w)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    trace("warm process for %s listening on %s" % (directory, fifo))
-    children = {}                    # sh pid -> WarmChild
-    pending = b""
-    idle_since = time.monotonic()
-    keep = (in_fd, lock_fd, wake_r, wake_w)  # closed in children
-    spare = None
-    try:
-        while not stop:
-            if spare is None:
-                # Forked ahead: a request then costs no fork.
-                spare = fork_spare(wdir, run_job, keep)
-            watched = [c.pidfd for c in children.values()
-                       if c.pidfd is not None]
-            ready = select.select([in_fd, wake_r] + watched, [], [],
-                                  1.0)[0]
-            if wake_r in ready:
-                os.read(wake_r, 4096)
-            watch_warm_children(children)
-            if in_fd not in ready:
-                if not children and time.monotonic() - idle_since > \
-                        config.relay_timeout:
-                    break
-                continue
-            idle_since = time.monotonic()
-            pending += os.read(in_fd, 65536)
-            if file_identity(program) != identity:
-                trace("%s changed on disk: the warm process ends" % program)
-                break
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                for _ in range(2):   # a spare that died is replaced once
-                    if spare is None:
-                        spare = fork_spare(wdir, run_job, keep)
-                    taken = dispatch_warm_request(wdir, line, spare,
-                                                  children)
-                    if taken is not None:
-                        spare = None
-                    if taken is not False:
-                        break
-    finally:
-        if spare is not None:
-            os.close(spare[1])       # it reads EOF and ends
-        dead = take_warm_dir(wdir)
-        os.close(in_fd)
-        os.ftruncate(lock_fd, 0)
-        os.close(lock_fd)            # a new warm process may start now
-        drain_warm_dir(dead, children)
-        trace("warm process for %s exits" % directory)
-    return 0
-
-
-class WarmChild:
-    """A child of the warm process (kept by the pid of the sh it serves)."""
-
-    def __init__(self, pid, pidfd, slot):
-        self.pid = pid               # the child's pid (and process group)
-        self.pidfd = pidfd           # a pidfd of the sh, or None
-        self.slot = slot             # the K of its reply FIFO r.K
-
-
-def watch_warm_children(children):
-    """Reap the children that ended (waitpid, not SIG_IGN, so that their
-    CPU time counts as ours), and end the process group of each child
-    whose sh has died first: make was interrupted."""
-    import signal
-    while children:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            pid = None
-        for sh, c in list(children.items()):
-            if c.pid == pid or pid is None:
-                del children[sh]
-                if c.pidfd is not None:
-                    os.close(c.pidfd)
-        if not pid:
-            break
-    for sh, c in list(children.items()):
-        if not process_gone(sh, c.pidfd):
-            continue
-        try:
-            os.killpg(c.pid, signal.SIGTERM)
-        except OSError:
-            pass  # it ended meanwhile
-        if c.pidfd is not None:
-            os.close(c.pidfd)
-            c.pidfd = None           # reaped by a later call
-
-
-def process_gone(pid, pidfd):
-    """Whether process PID has ended, a zombie counting as ended (PIDFD: a
-    pidfd of it, or None)."""
-    if pidfd is not None:
-        import select
-        return bool(select.select([pidfd], [], [], 0)[0])
-    return process_start(pid) is None
-
-
-def process_start(pid):
-    """The start time of process PID (field 22 of /proc/PID/stat), which
-    tells it from a later process with the same pid; None if it is gone
-    or a zombie."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return None if fields[0] in (b"Z", b"X", b"x") else int(fields[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def read_warm_lock(lock):
-    """Return the pid of the warm process that runs according to its
-    lockfile LOCK, or None."""
-    try:
-        with open(lock, "rb") as f:
-            pid, start = (int(w) for w in f.read().split())
-    except (OSError, ValueError):
-        return None
-    return pid if pid > 0 and process_start(pid) == start else None
-
-
-def file_identity(path):
-    """What changes when PATH is replaced or edited (None if missing)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
-
-
-def parse_warm_request(line):
-    """Return (sh pid, its number of arguments, reply slot) of a request
-    line, or None if it is malformed."""
-    words = line.split()
-    if len(words) != 3 or not all(w.isdigit() for w in words):
-        return None
-    pid, nargs, slot = (int(w) for w in words)
-    return (pid, nargs, slot) if pid > 1 and slot < WARM_SLOTS else None
-
-
-def fork_spare(wdir, run_job, close_in_child):
-    """Fork a child that gets ready for a job and waits for its request
-    line; return (its pid, the pipe to send the line on)."""
-    import signal
-    r, w = os.pipe()
-    child = os.fork()
-    if child:
-        os.close(r)
-        return child, w
-    try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.close(w)
-        for fd in close_in_child:
-            os.close(fd)
-        os.setpgid(0, 0)             # its compilers end with it
-        # A list of every object writes all their reference counts: the
-        # copy-on-write faults a job would take on them happen now, before
-        # its request (about 1 ms less to the preprocessor's start).
-        import gc
-        gc.get_objects()
-        line = b""
-        while not line.endswith(b"\n"):
-            data = os.read(r, 256)
-            if not data:
-                break                # the warm process ends
-            line += data
-        request = parse_warm_request(line)
-        if request is not None:
-            serve_warm_job(wdir, request, run_job)
-    finally:
-        os._exit(0)                  # never back into the warm loop
-
-
-def dispatch_warm_request(wdir, line, spare, children):
-    """Hand request LINE (see Warm start) to the SPARE child; return True
-    if it took it, False if it had died, None for a malformed line (the
-    spare stays spare then)."""
-    request = parse_warm_request(line)
-    if request is None:
-        return None
-    pid, _, slot = request
-    child, pipe = spare
-    try:
-        os.write(pipe, line + b"\n")
-    except OSError:
-        os.close(pipe)
-        return False
-    os.close(pipe)
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None                 # Python 3.8, a kernel before 5.3
-    children[pid] = WarmChild(child, pidfd, slot)
-    try:
-        # Who answers on r.K, for a warm process that takes over.
-        with open(os.path.join(wdir, "c.%d" % slot), "r+b") as f:
-            f.write(b"%d\n" % child)
-    except OSError:
-        pass  # answered already
-    return True
-
-
-def serve_warm_job(wdir, request, run_job):
-    """In a warm child: serve REQUEST (sh pid, NARGS, slot) and answer on
-    its reply FIFO."""
-    import signal
-    import stat
-    pid, nargs, slot = request
-    claim = os.path.join(wdir, "c.%d" % slot)
-    try:
-        # O_RDWR never blocks on a FIFO, and the sh's open then finds a
-        # writer at once.
-        fd = os.open(os.path.join(wdir, "r.%d" % slot),
-                     os.O_RDWR | os.O_NONBLOCK | O_NOFOLLOW)
-    except OSError:
-        return                       # a retiring warm process took it
-    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-        return
-    answer = b"P"
-    try:
-        try:
-            Warm.pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError):
-            Warm.pidfd = None        # Python 3.8, a kernel before 5.3
-        Warm.client, Warm.claim = pid, claim
-        signal.signal(signal.SIGTERM, abandon_warm_job)
-        if wait_for_reader(pid, os.fstat(fd)):
-            answer = run_warm_job(pid, nargs, run_job)
-    except BaseException as e:  # noqa: BLE001  the sh gets its line
-        trace("warm start for pid %d: %r" % (pid, e))
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass  # the build's pipe is gone, and so is the sh
-    output = b""
-    if answer != b"P":               # after "P" the wrapper runs again
-        try:
-            output = captured_output()
-        except OSError as e:
-            output = b"distcc.py: warm start: output lost: %s\n" % (
-                str(e).encode())
-    if output:
-        answer = Warm.capture[0] + answer
-    answer_warm(fd, claim, pid, answer, output=output)
-
-
-def wait_for_reader(pid, fifo):
-    """Wait until the sh PID reads its reply FIFO (stat FIFO) on its
-    stdin; return False if it never does.  Until then its descriptors
-    may be the launcher's redirections, not the build's."""
-    import time
-    deadline = time.monotonic() + 10.0
-    delay = 0.0001
-    while time.monotonic() < deadline:
-        try:
-            st = os.stat("/proc/%d/fd/0" % pid)
-            if (st.st_dev, st.st_ino) == (fifo.st_dev, fifo.st_ino):
-                return True
-            os.kill(pid, 0)
-        except OSError:
-            return False             # gone
-        time.sleep(delay)
-        delay = min(delay * 2, 0.01)
-    return False
-
-
-def abandon_warm_job(*_):
-    """SIGTERM in a warm child: its sh has died.  End at once with the
-    compilers of its process group, leaving no file behind.  (Not by an
-    exception: one raised while the child answers could unwind into the
-    warm process's own loop.)"""
-    import signal
-    for path in (Warm.temp, Warm.claim):
-        try:
-            os.unlink(path)
-        except (OSError, TypeError):
-            pass  # not there (any more)
-    os.killpg(0, signal.SIGKILL)
-
-
-def run_warm_job(pid, nargs, run_job):
-    """In a warm child: become the sh process PID and run its job; return
-    the answer (see Warm start)."""
-    proc = "/proc/%d" % pid
-    if os.stat(proc).st_uid != os.getuid():
-        return b"P"
-    with open(proc + "/cmdline", "rb") as f:
-        words = f.read().split(b"\0")[:-1]
-    with open(proc + "/environ", "rb") as f:
-        environ = [w.partition(b"=") for w in f.read().split(b"\0") if w]
-    with open(proc + "/status", "rb") as f:
-        umask = [line.split()[1] for line in f if line.startswith(b"Umask:")]
-    if len(words) < nargs + 2 or not umask:
-        return b"P"
-    fd = os.open(proc + "/cwd", os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fchdir(fd)
-    finally:
-        os.close(fd)
-    invoked_as = os.fsdecode(words[len(words) - nargs - 1])
-    argv = [os.fsdecode(w) for w in words[len(words) - nargs:]]
-    if file_identity(os.path.realpath(invoked_as)) != \
-            file_identity(sys.modules[__name__].__file__):
-        return b"P"                  # another copy of distcc.py
-    kinds = [reopen_stream(proc, fd) for fd in (1, 2)]
-    if None in kinds or not capture_streams(proc, kinds):
-        return b"P"
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    os.umask(int(umask[0], 8))
-    os.environ.clear()
-    for key, _, value in environ:
-        os.environ[os.fsdecode(key)] = os.fsdecode(value)
-    Warm.child = True
-    Log.role = "wrapper"
-    try:
-        status = run_job(argv, invoked_as)
-    except WarmLocal:
-        return b"L"
-    return b"%d" % ((status or 0) & 0xFF)
-
-
-def reopen_stream(proc, fd):
-    """Make our descriptor FD what the sh's FD is, if opening it again
-    gives the same stream; return "same", "capture" where it would not
-    (a file without O_APPEND, whose offset we cannot share; a socket), or
-    None where nothing would do (a closed descriptor, a pipe nobody
-    reads)."""
-    import stat
-    path = "%s/fd/%d" % (proc, fd)
-    flags = os.O_WRONLY | os.O_NOCTTY | os.O_NONBLOCK
-    try:
-        st = os.stat(path)
-        if stat.S_ISREG(st.st_mode):
-            with open("%s/fdinfo/%d" % (proc, fd), "rb") as f:
-                info = dict(line.split(b":", 1) for line in f if b":" in line)
-            if not int(info[b"flags"], 8) & os.O_APPEND:
-                return "capture"
-            flags |= os.O_APPEND
-        elif stat.S_ISSOCK(st.st_mode):
-            return "capture"
-        new = os.open(path, flags)
-    except (OSError, KeyError, ValueError):
-        return None
-    os.set_blocking(new, True)
-    os.dup2(new, fd)
-    os.close(new)
-    return "same"
-
-
-def capture_streams(proc, kinds):
-    """Point our stdout and stderr, where KINDS (from reopen_stream, for
-    fds 1 and 2) says "capture", at one memfd whose content the sh copies
-    (see Warm start); return False if that cannot be done: two captured
-    streams that are not the same file (one copy cannot feed both), or no
-    memfd."""
-    fds = [fd for fd, kind in zip((1, 2), kinds) if kind == "capture"]
-    if not fds:
-        return True
-    if len(fds) == 2:
-        one, two = (os.stat("%s/fd/%d" % (proc, fd)) for fd in fds)
-        if (one.st_dev, one.st_ino) != (two.st_dev, two.st_ino):
-            return False
-    try:
-        memfd = os.memfd_create("distcc.py-output", os.MFD_CLOEXEC)
-    except (AttributeError, OSError):
-        return False                 # a kernel before 3.17
-    for fd in fds:
-        os.dup2(memfd, fd)
-    os.close(memfd)
-    Warm.capture = (b"E" if 2 in fds else b"O", fds[0])
-    return True
-
-
-def captured_output():
-    """Return what the job wrote into its captured stream (b"" if none
-    was captured)."""
-    if Warm.capture is None:
-        return b""
-    fd = Warm.capture[1]
-    return os.pread(fd, os.fstat(fd).st_size, 0)
-
-
-def answer_warm(fd, claim, pid, answer, patience=60.0, output=b""):
-    """Write ANSWER and then OUTPUT (see Warm start) to the reply FIFO FD,
-    as fast as the sh PID (None: unknown) reads them, and hold it open
-    until it has read all, for up to PATIENCE seconds (a FIFO nobody holds
-    open drops its data); then free the slot: remove CLAIM.  Closing FD is
-    the end of OUTPUT for the sh's cat."""
-    import fcntl
-    import termios
-    import time
-    try:
-        pending = memoryview(answer + b"\n" + output)
-        unread = bytearray(4)
-        deadline = time.monotonic() + patience
-        while time.monotonic() < deadline:
-            if pending:
-                try:
-                    pending = pending[os.write(fd, pending):]
-                except BlockingIOError:
-                    pass             # the FIFO is full until the sh reads
-            fcntl.ioctl(fd, termios.FIONREAD, unread)
-            if not pending and not any(unread):
-                break                # read
-            if pid is not None:
-                os.kill(pid, 0)      # OSError: the sh is gone
-            time.sleep(0.0005)
-    except OSError:
-        pass  # nothing more to do for a sh that is gone
-    finally:
-        os.close(fd)
-        try:
-            os.unlink(claim)
-        except OSError:
-            pass  # a retiring warm process removed it
-
-
-def warm_stop(config):
-    """Stop the warm process of DISTCC_DIR, if one runs; return 1 if it
-    did, else 0."""
-    import signal
-    pid = read_warm_lock(warm_paths(config.dir)[2])
-    try:
-        os.kill(pid, signal.SIGTERM)
-        return 1
-    except (OSError, TypeError):
-        return 0                     # none runs
-
-
-def take_warm_dir(wdir):
-    """Rename WDIR aside, so that no sh finds it any more; return the new
-    name (None if there was nothing to take)."""
-    dead = "%s.dead.%d" % (wdir, os.getpid())
-    try:
-        os.rename(wdir, dead)
-    except OSError:
-        return None
-    return dead
-
-
-def drain_warm_dir(dead, children):
-    """For WARM_DRAIN seconds, let requests still on their way into the
-    retired directory DEAD in, and answer "P" to every sh that waits on a
-    reply FIFO there that no child answers (CHILDREN: ours, sh pid ->
-    WarmChild; c.K names the child of a warm process that died); then
-    remove DEAD."""
-    import select
-    import shutil
-    import time
-    if dead is None:
-        return
-    try:
-        # A sh whose open of "in" blocks (its warm process died) gets in.
-        in_fd = os.open(os.path.join(dead, "in"), os.O_RDONLY | os.O_NONBLOCK)
-    except OSError:
-        in_fd = None
-    served = {c.slot for c in children.values()}
-    deadline = time.monotonic() + WARM_DRAIN
-    while time.monotonic() < deadline:
-        if in_fd is not None and \
-                select.select([in_fd], [], [], 0.05)[0]:
-            os.read(in_fd, 65536)    # the waiting shs are found below
-        else:
-            time.sleep(0.05)
-        for name in os.listdir(dead):
-            slot = name[2:]
-            if not name.startswith("c.") or not slot.isdigit() or \
-                    int(slot) in served:
-                continue
-            claim = os.path.join(dead, name)
-            try:
-                with open(claim, "rb") as f:
-                    child = int(f.read().strip() or 0)
-                if child and process_start(child) is not None:
-                    continue         # a child of the dead one answers it
-                # Opens only if a sh reads (or waits to read) r.K.
-                fd = os.open(os.path.join(dead, "r." + slot),
-                             os.O_WRONLY | os.O_NONBLOCK)
-            except (OSError, ValueError):
-                continue
-            answer_warm(fd, claim, None, b"P", patience=WARM_DRAIN)
-    if in_fd is not None:
-        os.close(in_fd)
-    shutil.rmtree(dead, ignore_errors=True)
-
-# ---------------------------------------------------------------------------
-# Wrapper
-#
-# What the build runs: scan, preprocess, submit, write the object.  Every
-# fault between the preprocessor and the object lands in one place and
-# becomes a local compile (or, with DISTCC_FALLBACK=0, an error).
-
-
-class Config:
-    """Settings read once from the environment by main dispatch."""
-
-    def __init__(self, environ):
-        home = os.path.expanduser("~")
-        self.dir = os.path.abspath(environ.get(ENV_DIR) or
-                                   os.path.join(home, ".distcc"))
-        self.hosts_text = environ.get(ENV_HOSTS)
-        self.ssh_text = environ.get(ENV_SSH) or "ssh"
-        self.fallback = environ.get(ENV_FALLBACK, "1") != "0"
-        self.skip_local_retry = environ.get(ENV_SKIP_LOCAL_RETRY, "0") \
-            not in ("", "0")
-        self.save_temps = environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
-        self.race = environ.get(ENV_RACE, "1") != "0"
-        self.relay_timeout = env_seconds(environ, ENV_RELAY_TIMEOUT,
-                                         DEFAULT_RELAY_TIMEOUT)
-        self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
-                                           DEFAULT_CONNECT_TIMEOUT)
-        self.backoff_period = env_seconds(environ, ENV_BACKOFF_PERIOD,
-                                          DEFAULT_BACKOFF_PERIOD)
-        self.io_timeout = env_seconds(environ, ENV_IO_TIMEOUT,
-                                      DEFAULT_IO_TIMEOUT)
-
-    @property
-    def ssh_command(self):
-        """DISTCC_SSH split once with shlex (only relays and --check need
-        it, so wrappers never import shlex).
-
-        Raises UsageError on bad quoting."""
-        import shlex
-        try:
-            argv = shlex.split(self.ssh_text)
-        except ValueError as e:
-            raise UsageError("cannot split %s: %s" % (ENV_SSH, e),
-                             "check its quoting")
-        if not argv:
-            raise UsageError("%s is empty" % ENV_SSH, "unset it or name ssh")
-        return argv
-
-    def hosts(self):
-        """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
-        text = self.hosts_text
-        if text is None:
-            try:
-                with open(os.path.join(self.dir, "hosts")) as f:
-                    text = f.read()
-            except FileNotFoundError:
-                text = ""
-            except OSError as e:
-                raise UsageError("cannot read %s/hosts: %s"
-                                 % (self.dir, e.strerror), "fix or remove it")
-        return parse_hosts(text)
-
-
-def env_seconds(environ, name, default):
-    """Read a positive number of seconds from NAME."""
-    text = environ.get(name)
-    if not text:
-        return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise UsageError("%s=%r is not a positive number of seconds"
-                         % (name, text), "unset it or give seconds")
-    return value
-
-
-def find_program(name, _found={}):
-    """Return the path of NAME as execvp would find it, or None."""
-    if name not in _found:
-        _found[name] = search_path(name)
-    return _found[name]
-
-
-def search_path(name):
-    if "/" in name:
-        return os.path.abspath(name) if os.access(name, os.X_OK) else None
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
-
-
-def exec_local(argv, reason):
-    """Replace this process with the local compiler."""
-    trace("local: %s: %s" % (reason, " ".join(argv)))
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execvp(argv[0], argv)
-    except OSError as e:
-        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
-                         "is the compiler installed and on PATH?")
-
-
-def spawn(path, argv, capture=False, sink=None, nice=0):
-    """Run program PATH with ARGV and wait; return its exit status (minus
-    the signal number if killed), or with CAPTURE (stdin from /dev/null)
-    (stdout, stderr, status).  SINK, if given, is called with each piece
-    of stdout as it comes, and the stdout returned is empty.  NICE (not
-    with CAPTURE) lowers the program's priority by that much.
-
-    posix_spawn, not subprocess: importing subprocess would cost the
-    wrapper 10 ms per compile."""
-    if not capture:
-        pid = os.posix_spawn(path, argv, os.environ)
-        if nice:
-            # Before the driver can have started cc1, which inherits it.
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid,
-                               os.getpriority(os.PRIO_PROCESS, 0) + nice)
-            except OSError:
-                pass  # it has already ended
-        return exit_status(os.waitpid(pid, 0)[1])
-    import select
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        pid = os.posix_spawn(path, argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, null, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2)])
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        for fd in (null, out_w, err_w):
-            os.close(fd)
-    output = {out_r: [], err_r: []}
-    open_fds = [out_r, err_r]
-    try:
-        while open_fds:
-            for fd in select.select(open_fds, [], [])[0]:
-                data = os.read(fd, 1 << 20)
-                if data and sink and fd == out_r:
-                    sink(data)
-                elif data:
-                    output[fd].append(data)
-                else:
-                    open_fds.remove(fd)
-                    os.close(fd)
-    finally:
-        for fd in open_fds:
-            os.close(fd)
-    status = exit_status(os.waitpid(pid, 0)[1])
-    return b"".join(output[out_r]), b"".join(output[err_r]), status
-
-
-def exit_status(wait_status):
-    """The exit code of a waitpid status, or minus the killing signal."""
-    if os.WIFSIGNALED(wait_status):
-        return -os.WTERMSIG(wait_status)
-    return os.WEXITSTATUS(wait_status)
-
-
-def preprocess(job, compiler_path, sink):
-    """Run the local preprocessor, its output going to SINK as it comes;
-    return (stderr, status)."""
-    argv = preprocess_argv(job)
-    trace("preprocess: %s" % " ".join(argv))
-    _, err, status = spawn(compiler_path, argv, capture=True, sink=sink)
-    return err, status
-
-
-def write_output(path, data):
-    """Write DATA to PATH atomically: a temp name beside it, then rename.
-
-    A warm child whose build has gone (make interrupted) writes nothing:
-    raises SystemExit instead."""
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, ".%s.%d.%s.tmp" % (
-        os.path.basename(path), os.getpid(), os.urandom(3).hex()))
-    Warm.temp = tmp
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        if Warm.client_gone():
-            raise SystemExit(1)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass  # never created or already renamed
-        raise
-    finally:
-        Warm.temp = None
-
-
-def expand_response_files(argv, depth=0):
-    """Expand @FILE arguments as gcc does (quotes, backslashes, nesting).
-
-    An unreadable @FILE stays as it is, as with gcc; the scanner then keeps
-    the compile local."""
-    out = []
-    for arg in argv:
-        if not arg.startswith("@") or len(arg) == 1 or depth > 10:
-            out.append(arg)
-            continue
-        try:
-            with open(arg[1:], encoding="utf-8", errors="surrogateescape") \
-                    as f:
-                text = f.read()
-        except OSError:
-            out.append(arg)
-            continue
-        out.extend(expand_response_files(split_response_text(text),
-                                         depth + 1))
-    return out
-
-
-def split_response_text(text):
-    """Split a response file's text into arguments, as libiberty does."""
-    args = []
-    current = []
-    have = False
-    quote = None
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            current.append(text[i + 1])
-            have = True
-            i += 2
-            continue
-        if quote:
-            if c == quote:
-                quote = None
-            else:
-                current.append(c)
-        elif c in "'\"":
-            quote = c
-            have = True
-        elif c.isspace():
-            if have or current:
-                args.append("".join(current))
-            current, have = [], False
-        else:
-            current.append(c)
-        i += 1
-    if have or current:
-        args.append("".join(current))
-    return args
-
-
-def check_job_files(job):
-    """Raise LocalOnly when the file system makes JOB a local compile.
-
-    A missing source or output directory gets the local compiler's own
-    error message that way."""
-    if not os.path.isfile(job.source):
-        raise LocalOnly("source %s does not exist" % job.source, job)
-    if not os.path.isdir(os.path.dirname(job.output) or "."):
-        raise LocalOnly("output directory of %s does not exist" % job.output,
-                        job)
-
-
-def explain(argv):
-    """Print the decision for compiler command ARGV as one line of JSON."""
-    try:
-        job = scan_args(expand_response_files(argv))
-        check_job_files(job)
-        remote, reason = True, None
-    except LocalOnly as e:
-        job, remote, reason = e.job, False, e.detail
-    answer = {"remote": remote,
-              "input": job.source if job else None,
-              "output": job.output if job else None,
-              "reason": reason,
-              "language": job.lang if job else None,
-              "depfile": job.depfile if job else None}
-    import json
-    sys.stdout.write(json.dumps(answer) + "\n")
-    return 0
-
-
-def prepare_job(job, save_temps=False, stream_to=None):
-    """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
-    SAVE_TEMPS keeps the text in $TMPDIR.  STREAM_TO(meta, original), if
-    given, is called before the preprocessor starts and returns the
-    function that takes each compressed piece of the text as it is made.
-
-    Raises LocalOnly when the local compile should tell the story."""
-    compiler_path = find_program(job.compiler)
-    if compiler_path is None:
-        raise LocalOnly("compiler %s not found here" % job.compiler)
-    if compiler_family(job.compiler) == "gcc" and \
-            job.lang not in PREPROCESSED_LANGS:
-        with open(job.source, "rb") as f:
-            original = zlib.compress(f.read(), COMPRESS_LEVEL)
-    else:
-        original = zlib.compress(b"", COMPRESS_LEVEL)
-    meta = {
-        "compiler": os.path.basename(job.compiler),
-        "compiler_path": compiler_path,
-        "family": compiler_family(job.compiler),
-        "args": job.remote_args,
-        "mode": job.mode,
-        "lang": job.explicit_lang,
-        "source": job.source,
-        "output": job.output,
-        "cwd": os.getcwd(),
-        "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        "color": color_wanted(job),
-    }
-    on_packed = stream_to(meta, original) if stream_to else None
-    packer = Packer(strip=job.lang not in PREPROCESSED_LANGS,
-                    on_packed=on_packed)
-    if job.lang in PREPROCESSED_LANGS:
-        with open(job.source, "rb") as f:
-            packer.feed(f.read())
-        cpp_err = b""
-    else:
-        cpp_err, status = preprocess(job, compiler_path, packer.feed)
-        if status != 0:
-            # The local compile prints the full story of a failed
-            # preprocessing; let it.
-            raise LocalOnly("preprocessing failed")
-    parts, packed = packer.finish()
-    if save_temps:
-        save_preprocessed(job, parts)
-    meta["raw"] = sum(len(p) for p in parts)
-    return meta, [packed, original], cpp_err
-
-
-def save_preprocessed(job, parts):
-    """DISTCC_SAVE_TEMPS: keep what is sent to the host, and say where."""
-    path = os.path.join(os.environ.get("TMPDIR") or "/tmp", "distcc.py-%d-%s"
-                        % (os.getpid(), os.path.basename(job.source)))
-    try:
-        with open(path, "wb") as f:
-            f.writelines(parts)
-        warn("DISTCC_SAVE_TEMPS: the text sent for %s is in %s"
-             % (job.source, path))
-    except OSError as e:
-        warn("DISTCC_SAVE_TEMPS: cannot write %s: %s" % (path, e.strerror))
-
-
-def compile_remote(config, job, hosts, host, prepared, state, answer=None):
-    """Compile the PREPARED job on HOST of HOSTS (a localhost slot may race
-    it: see "Racing a straggler"); return the compiler's exit status.
-    ANSWER is (RESULT body, when it was sent) of a job that was streamed
-    (see compile_streamed).  Sizes and times go to STATE's record, and
-    STATE.won_race says whether the local compile won.
-
-    Raises TransportError, ProtocolError or Rejected for the fallback."""
-    import time
-    meta, blobs_in, cpp_err = prepared
-    packed, original = blobs_in
-    raw = meta["raw"]
-    if config.save_temps:
-        meta["save_temps"] = True
-    if answer is None:
-        trace_send(job, host, prepared)
-        state.sending(host.hostname)
-        started = time.monotonic()
-        s = open_job(config, host, pack_body(meta, [packed, original],
-                                             local=True))
-        try:
-            body, state.won_race = await_answer_racing(
-                config, hosts, host, job, prepared, s, state)
-        finally:
-            s.close()
-    else:
-        body, started = answer
-    result, blobs = unpack_body(body, local=True)
-    extra = collect_extra_files(result.get("missing"))
-    if extra:
-        # gcc on the host quoted lines of headers it does not have; send
-        # them so the diagnostics come out as a local compile prints them.
-        trace("resend %s with %d headers for diagnostics"
-              % (job.source, len(extra)))
-        meta["extra"] = [name for name, _ in extra]
-        body = submit(config, host, pack_body(
-            meta, [packed, original] + [data for _, data in extra],
-            local=True))
-        result, blobs = unpack_body(body, local=True)
-    round_trip = time.monotonic() - started
-    status = result.get("status")
-    outputs = result.get("outputs")
-    if not isinstance(status, int) or not isinstance(outputs, list) or \
-            len(blobs) != 2 + len(outputs):
-        raise ProtocolError("malformed RESULT")
-    if result.get("temps"):
-        warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s"
-             % (host.hostname, result["temps"]))
-    compile_ms = result.get("compile_ms")
-    compile_ms = compile_ms if isinstance(compile_ms, int) else 0
-    state.record.update(
-        preprocessed=raw, sent=len(packed) + len(original),
-        received=sum(len(b) for b in blobs[2:]),
-        compile_ms=compile_ms,
-        transfer_ms=max(0, round(round_trip * 1000) - compile_ms))
-    started = time.monotonic()
-    if status == 0:
-        # Side files first, the object last: make judges by the object.
-        paths = {"dwo": replace_suffix(job.output, ".dwo"),
-                 "output": job.output}
-        names = [o.get("name") if isinstance(o, dict) else None
-                 for o in outputs]
-        if "output" not in names or not set(names) <= set(paths) or \
-                len(set(names)) != len(names):
-            raise ProtocolError("RESULT has outputs %r" % (names,))
-        for name, blob in zip(names, blobs[2:]):
-            data = decompress(blob)
-            state.record["objects"] += len(data)
-            write_output(paths[name], data)
-    sys.stderr.buffer.write(cpp_err)
-    sys.stderr.buffer.write(blobs[1])
-    sys.stdout.buffer.write(blobs[0])
-    state.record["write_ms"] = round((time.monotonic() - started) * 1000)
-    trace("%s compiled on %s: status %d" % (
-        job.source, "localhost" if state.won_race else host.hostname, status))
-    return status
-
-
-def compile_streamed(config, job, hosts, host, state, box):
-    """Preprocess JOB while its text streams to HOST, whose compiler
-    starts meanwhile (see the module docstring), and compile it there;
-    return the compiler's exit status.  BOX["prepared"] gets the job as
-    prepare_job makes it, for another host or a resend.
-
-    Raises what compile_remote raises, and LocalOnly."""
-    import time
-    link = {}                        # the relay socket, once connected
-
-    def start(meta, original):
-        trace("stream %s to %s while it is preprocessed"
-              % (job.source, host.hostname))
-        meta = dict(meta, stream=True, save_temps=config.save_temps)
-        link["started"] = time.monotonic()
-        link["sock"] = open_job(config, host, pack_body(
-            meta, [b"", original], local=True))
-        return lambda piece: send_text(link, piece)
-
-    try:
-        box["prepared"] = prepare_with_cpp_slot(config, hosts, job, state,
-                                                start)
-        if "broken" in link:
-            raise RelayLost("relay connection failed: %s" % link["broken"])
-        trace_send(job, host, box["prepared"])
-        state.sending(host.hostname)
-        body, state.won_race = await_answer_racing(
-            config, hosts, host, job, box["prepared"], link["sock"], state)
-    finally:
-        if "sock" in link:
-            link["sock"].close()
-    return compile_remote(config, job, hosts, host, box["prepared"], state,
-                          (body, link["started"]))
-
-
-def trace_send(job, host, prepared):
-    """Trace the sizes of the PREPARED job as it leaves for HOST."""
-    meta, (packed, original), _ = prepared
-    trace("send %s to %s: %d bytes, %d compressed" % (
-        job.source, host.hostname, meta["raw"], len(packed) + len(original)))
-
-
-def send_text(link, piece):
-    """Send PIECE of a streamed job's text on LINK's relay socket; a
-    failure is kept for later, so that the preprocessor finishes (its
-    text is what the next host or a local fallback gets)."""
-    if "broken" in link:
-        return
-    try:
-        link["sock"].sendall(frame_parts(TEXT, 0, [piece]))
-        link["sock"].sendall(piece)
-    except OSError as e:
-        link["broken"] = e
-
-
-# Racing a straggler
-#
-# At the end of a build the last jobs can sit on a busy or slow host while
-# this machine has nothing left to do.  A wrapper whose job has been on a
-# host for RACE_AFTER seconds, when a localhost slot of DISTCC_HOSTS is free,
-# no other wrapper waits for any slot and no job sent after it still waits on
-# a host (see race_turn), also compiles the job here: a child runs the
-# server's compile_job on the same text, with the local compiler.  Whichever
-# answer comes first is written, through the same code, so the object is the
-# same either way.  The loser is stopped: the local child is killed, and a
-# wrapper that hangs up on its relay has the host's compiler killed (the
-# CANCEL frame; a host older than 0.3 finishes the job, and the relay drops
-# the answer).  A race only takes CPU nobody asked for: it holds the
-# localhost slot, and it ends as soon as another wrapper queues for a slot.
-# DISTCC_RACE=0 turns it off.
-
-
-class Race:
-    """A local compile of a job that is also on a host: a child in its own
-    process group, its answer coming on a pipe, and the localhost slot it
-    holds.  The child kills its group when the pipe `life` closes: when
-    the race is cancelled, and when this wrapper dies."""
-
-    def __init__(self, pid, answer_fd, life_fd, slot, tmp):
-        self.pid = pid
-        self.fd = answer_fd            # the child's RESULT body, then EOF
-        self.life = life_fd            # write end; closing it kills the child
-        self.slot = slot               # the localhost Slot it holds
-        self.tmp = tmp                 # the child's TMPDIR
-
-    def collect(self):
-        """Read the child's answer; return the RESULT body (local form),
-        or None if the local compile could not run."""
-        chunks = []
-        while True:
-            chunk = os.read(self.fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        _, status = os.waitpid(self.pid, 0)
-        self.pid = None
-        self.end()
-        if status != 0:
-            return None
-        try:
-            meta, blobs = unpack_body(b"".join(chunks))
-        except ProtocolError:
-            return None
-        return b"".join(pack_body(meta, blobs, local=True))
-
-    def end(self):
-        """Stop the child if it runs; give back its slot and files."""
-        import shutil
-        if self.life is not None:
-            os.close(self.life)        # the child's watcher kills its group
-            self.life = None
-        if self.pid is not None:
-            os.waitpid(self.pid, 0)
-            self.pid = None
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-        self.slot.release()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def start_race(config, hosts, prepared, state):
-    """Start a Race of the PREPARED job (whose STATE is in the jobs
-    directory) if a localhost slot of HOSTS is free, no wrapper waits for
-    a slot and this job is the one to race; return it, or None."""
-    import tempfile
-    directory = os.path.join(config.dir, "slots")
-    if others_queued(directory):
-        return None
-    slot = take_free_slot(config, directory, [h for h in hosts if h.is_local])
-    if slot is None:
-        return None
-    if not race_turn(config, state):
-        slot.release()
-        return None
-    meta, blobs, _ = prepared
-    try:
-        tmp = tempfile.mkdtemp(prefix="distccpy-race-")
-    except OSError as e:
-        trace("no race: %s" % e)
-        slot.release()
-        return None
-    answer_r, answer_w = os.pipe()
-    life_r, life_w = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError as e:
-        trace("no race: %s" % e)
-        for fd in (answer_r, answer_w, life_r, life_w):
-            os.close(fd)
-        os.rmdir(tmp)
-        slot.release()
-        return None
-    if pid == 0:
-        code = 1
-        try:
-            close_other_fds([answer_w, life_r])
-            run_race_child(meta, blobs, tmp, answer_w, life_r)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(answer_w)
-    os.close(life_r)
-    return Race(pid, answer_r, life_w, slot, tmp)
-
-
-def race_turn(config, state):
-    """Whether the job of STATE is the one to race: none sent later still
-    waits on a host.  The job sent last has got least far there, so a
-    fresh start here is likeliest to beat it, and cancelling it gives
-    its host back to the jobs that are further on."""
-    me = os.getpid()
-    return not any(job["sent"] > state.sent and job["pid"] != me and
-                   job["phase"] in ("send", "compile")
-                   for job in read_job_states(config.dir))
-
-
-def others_queued(directory):
-    """Whether a wrapper holds the slot queue (it waits for a slot)."""
-    import fcntl
-    queue = os.open(os.path.join(directory, "queue"),
-                    os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(queue)
-
-
-def run_race_child(meta, blobs, tmp, answer_fd, life_fd):
-    """In the race's child: compile the job here and write the RESULT body
-    to ANSWER_FD; kill the whole group (the compiler too) once LIFE_FD
-    reads EOF."""
-    import signal
-    import tempfile
-    import threading
-    os.setpgid(0, 0)
-    os.nice(LOCAL_SLOT_NICE)
-
-    def watch():
-        os.read(life_fd, 1)
-        os.killpg(0, signal.SIGKILL)
-    threading.Thread(target=watch, daemon=True).start()
-    tempfile.tempdir = tmp
-    body = compile_job(b"".join(pack_body(meta, blobs)),
-                       compiler=meta["compiler_path"])
-    for part in body:
-        write_all(answer_fd, part)
-
-
-def await_answer_racing(config, hosts, host, job, prepared, s, state):
-    """Like await_answer for JOB on HOST of HOSTS, but race it here when
-    that helps (see above).  Returns (RESULT body, True if the local
-    compile won)."""
-    import select
-    import time
-    if not config.race or config.save_temps or \
-            not any(h.is_local for h in hosts):
-        return await_answer(s), False
-    s.shutdown(1)
-    silence = s.gettimeout()
-    since = heard = time.monotonic()
-    race = None
-    failed = False                   # a race that could not compile
-    try:
-        while True:
-            ready = select.select([s] + ([race.fd] if race else []), [], [],
-                                  RACE_POLL)[0]
-            now = time.monotonic()
-            if race is not None and race.fd in ready:
-                body = race.collect()
-                race = None
-                if body is not None:
-                    trace("%s: the local compile won the race" % job.source)
-                    return body, True
-                failed = True
-                state.sent = 0.0     # no longer in the way of other races
-                state.set_phase("compile", host.hostname)
-            elif s in ready:
-                heard = now
-                kind, body = read_answer_frame(s)
-                if kind != PROGRESS:
-                    if race is not None:
-                        trace("%s: the host won the race" % job.source)
-                    return body, False
-            elif now - heard > silence:
-                raise relay_silent(silence)
-            elif race is None and not failed and now - since >= RACE_AFTER:
-                race = start_race(config, hosts, prepared, state)
-                if race is not None:
-                    trace("%s: racing it here too" % job.source)
-                    state.set_phase("race", "localhost")
-            elif race is not None and others_queued(
-                    os.path.join(config.dir, "slots")):
-                trace("%s: race given up, another job wants the slot"
-                      % job.source)
-                race.end()
-                race = None
-                state.set_phase("compile", host.hostname)
-    finally:
-        if race is not None:
-            race.end()
-
-
-def collect_extra_files(names):
-    """Return [(name, compressed contents)] of the local files NAMES (a
-    server's 'missing' list), within the limits; [] if there are none."""
-    if not isinstance(names, list):
-        return []
-    extra = []
-    total = 0
-    for name in names[:MAX_EXTRA_FILES]:
-        if not isinstance(name, str) or name.startswith("/") or \
-                not os.path.isfile(name):
-            continue
-        try:
-            with open(name, "rb") as f:
-                data = f.read(MAX_EXTRA_BYTES + 1)
-        except OSError:
-            continue  # unreadable here too: the diagnostic stays as it is
-        total += len(data)
-        if total > MAX_EXTRA_BYTES:
-            break
-        extra.append((name, zlib.compress(data, COMPRESS_LEVEL)))
-    return extra
-
-
-def color_wanted(job):
-    """Whether a local compile would colour its diagnostics."""
-    for arg in job.argv:
-        if arg.startswith("-fdiagnostics-color") or \
-                arg.startswith("-fno-diagnostics-color") or \
-                arg.startswith("-fcolor-diagnostics") or \
-                arg.startswith("-fno-color-diagnostics"):
-            return False  # the user chose; the option travels as it is
-    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM") == "dumb":
-        return False
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
-
-
-class Slot:
-    """A held slot of a host: a flock on one of its slot files."""
-
-    def __init__(self, host, fd):
-        self.host = host            # the Host this slot belongs to
-        self.fd = fd                # open, locked slot file
-
-    def release(self):
-        """Give the slot back (closing the file drops the lock)."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-def try_slot(directory, name):
-    """Lock slot file NAME without waiting; return its fd or None."""
-    import fcntl
-    fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return fd
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return None
-        raise
-
-
-def acquire_slot(config, hosts, queue_name="queue"):
-    """Take a slot of the host in HOSTS with the most free slots; None if
-    HOSTS is empty.  QUEUE_NAME names the queue of this pool of slots (a
-    wrapper holding a host slot may queue for a preprocessing slot, so the
-    two pools never share a queue).
-
-    Slots are lock files in $DISTCC_DIR/slots, so limits hold across every
-    wrapper of every build of this user.  Wrappers take slots in turn: each
-    holds the queue lock while it looks, so when all slots are busy one
-    wrapper polls (with growing sleeps) and the rest sleep in flock()."""
-    import fcntl
-    import time
-    if not hosts:
-        return None
-    directory = os.path.join(config.dir, "slots")
-    queue = os.open(os.path.join(directory, queue_name),
-                    os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(queue, fcntl.LOCK_EX)
-        delay = 0.002
-        while True:
-            slot = take_free_slot(config, directory, hosts)
-            if slot is not None:
-                return slot
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
-    finally:
-        os.close(queue)
-
-
-def take_free_slot(config, directory, hosts):
-    """One look at every slot of HOSTS; return a Slot of the host with the
-    most free slots, or None."""
-    held = []                       # (host, [fds]) of this look
-    try:
-        for host in hosts:
-            fds = []
-            for n in range(host_slots(config, host)):
-                fd = try_slot(directory, "%s.%d" % (host.key(), n))
-                if fd is not None:
-                    fds.append(fd)
-            held.append((host, fds))
-        chosen = choose_host([(h, len(fds)) for h, fds in held])
-        for host, fds in held:
-            if host is chosen:
-                return Slot(host, fds.pop(0))
-        return None
-    finally:
-        for _, fds in held:
-            for fd in fds:
-                os.close(fd)
-
-
-def host_slots(config, host):
-    """slot_limit of HOST, with the CPU count its relay recorded."""
-    if host.limit or host.is_local:
-        return slot_limit(host)
-    text = read_host_note(config, host, "cpus").strip()
-    return slot_limit(host, int(text) if text.isdigit() else None)
-
-
-def backoff_path(config, host):
-    return os.path.join(config.dir, "backoff-" + host.key())
-
-
-def backed_off(config, host, probes):
-    """Whether HOST is backed off now.  When its period is over, the first
-    wrapper to ask takes the probe (HOST is added to PROBES) and is told no;
-    the others wait for the probe's verdict."""
-    import time
-    path = backoff_path(config, host)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return False
-    now = time.time()
-    if now < st.st_mtime:
-        return True                 # mtime is the end of the period
-    probe = path + ".probe"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
-        probes.append(host)
-        return False                # this job probes the host
-    except FileExistsError:
-        try:
-            stale = now - os.stat(probe).st_mtime > 2 * config.connect_timeout
-        except FileNotFoundError:
-            return False            # the probe just ended
-        if stale:
-            os.unlink(probe)
-            return False
-        return True
-
-
-def mark_host_failed(config, host):
-    """Back HOST off for DISTCC_BACKOFF_PERIOD, for every wrapper."""
-    import time
-    path = backoff_path(config, host)
-    with open(path, "w") as f:
-        f.write("%s\n" % host.spec)
-    until = time.time() + config.backoff_period
-    os.utime(path, (until, until))
-    release_probe(config, host)
-
-
-def release_probe(config, host):
-    try:
-        os.unlink(backoff_path(config, host) + ".probe")
-    except FileNotFoundError:
-        pass  # no probe was running
-
-
-def mark_host_good(config, host):
-    """Forget a backoff of HOST after a job succeeded there."""
-    for path in (backoff_path(config, host),
-                 backoff_path(config, host) + ".probe"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass  # the usual case: it was never backed off
-
-
-def run_local(argv):
-    """Run the local compiler as a child (a slot is held); return status."""
-    trace("local slot: %s" % " ".join(argv))
-    try:
-        path = find_program(argv[0])
-        if path is None:
-            raise FileNotFoundError(errno.ENOENT, "not found")
-        return spawn(path, argv, nice=LOCAL_SLOT_NICE)
-    except OSError as e:
-        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
-                         "is the compiler installed and on PATH?")
-
-
-def compile_distributed(config, job, hosts, state):
-    """Compile JOB on the best host of HOSTS (localhost slots compile
-    here); a host with a transport fault is backed off and the job tried
-    on the next.  Records the outcome in STATE; returns the compiler's
-    status.
-
-    Raises the last fault when no host is left and DISTCC_FALLBACK=0 (or,
-    after a failed attempt, DISTCC_SKIP_LOCAL_RETRY=1), or LocalOnly to
-    compile here."""
-    if hosts.randomize:
-        import random
-        hosts = HostList(hosts)
-        random.shuffle(hosts)
-    probes = []                     # hosts this job has the probe of
-    candidates = [h for h in hosts
-                  if h.is_local or not backed_off(config, h, probes)]
-    prepared = None
-    fault = None
-    relay_restarts = 0
-    while candidates:
-        state.set_phase("wait")
-        slot = acquire_slot(config, candidates)
-        host = slot.host
-        for other in probes:
-            if other is not host:   # let the next job probe it
-                release_probe(config, other)
-        probes = []
-        try:
-            if host.is_local:
-                state.set_phase("local", "localhost")
-                status = run_local(job.argv)
-                state.finish("local", "localhost slot")
-                return status
-            trace("remote: %s on %s" % (job.source, host.spec))
-            if prepared is None and job_streams_text(job):
-                box = {}
-                try:
-                    status = compile_streamed(config, job, hosts, host,
-                                              state, box)
-                finally:
-                    prepared = box.get("prepared")
-            else:
-                if prepared is None:
-                    prepared = prepare_with_cpp_slot(config, hosts, job,
-                                                     state)
-                status = compile_remote(config, job, hosts, host, prepared,
-                                        state)
-            mark_host_good(config, host)
-            if state.won_race:
-                state.finish("local", "won a race: %s" % host.hostname)
-            else:
-                state.finish("remote", host=host.hostname)
-            return status
-        except RelayLost as e:
-            # Our own relay died (killed, or exiting as we connected): the
-            # host is not to blame, and the next wrapper starts a new relay.
-            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
-            relay_restarts += 1
-            if relay_restarts <= 2:
-                trace("%s; trying %s again" % (fault, host.spec))
-                continue
-        except (TransportError, ProtocolError, Rejected) as e:
-            # Name the host in the message; a compile error never gets here.
-            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
-            if not isinstance(e, Rejected):
-                mark_host_failed(config, host)
-        finally:
-            slot.release()
-        candidates.remove(host)
-        if candidates and any(not h.is_local for h in candidates):
-            # A compiler mismatch is a standing fact, not news: trace it.
-            (trace if isinstance(fault, Rejected) else warn)(
-                "%s; trying another host" % fault)
-    if fault is None:
-        state.finish("failed" if not config.fallback else "fallback",
-                     "every host backed off")
-        if not config.fallback:
-            raise TransportError("every host is backed off",
-                                 "wait DISTCC_BACKOFF_PERIOD seconds or "
-                                 "remove %s/backoff-*" % config.dir)
-        raise LocalOnly("every host is backed off")
-    why = "%s fault on %s" % (
-        {TransportError: "transport", RelayLost: "relay",
-         ProtocolError: "protocol"}.get(type(fault), "rejected"),
-        host.hostname)
-    lost = not isinstance(fault, Rejected)
-    if not config.fallback or (lost and config.skip_local_retry):
-        state.finish("failed", why)
-        raise fault
-    state.finish("fallback", why)
-    warn("%s; compiling %s locally" % (fault, job.source))
-    raise LocalOnly("no host could compile it")
-
-
-def job_streams_text(job):
-    """Whether JOB's text goes to the host while it is preprocessed: gcc's
-    (clang reads its input in ways a FIFO may not serve), and only when
-    there is a preprocessor to wait for."""
-    return compiler_family(job.compiler) == "gcc" and \
-        job.lang not in PREPROCESSED_LANGS
-
-
-def prepare_with_cpp_slot(config, hosts, job, state, stream_to=None):
-    """Preprocess JOB while holding one of the local preprocessing slots
-    (STREAM_TO: see prepare_job); the time goes to STATE's record."""
-    import time
-    cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
-               os.cpu_count() or 2)
-    slot = acquire_slot(config, [cpp], "queue-cpp")
-    try:
-        state.set_phase("preprocess")
-        started = time.monotonic()
-        prepared = prepare_job(job, config.save_temps, stream_to)
-        state.record["preprocess_ms"] = round(
-            (time.monotonic() - started) * 1000)
-        return prepared
-    finally:
-        slot.release()
-
-
-def show_hosts(config):
-    """Print the host list with limits and current state."""
-    import time
-    hosts = config.hosts()
-    if not hosts:
-        sys.stdout.write("no hosts: set DISTCC_HOSTS or write %s/hosts\n"
-                         % config.dir)
-    for host in hosts:
-        state = "compiles here" if host.is_local else "ok"
-        if not host.is_local:
-            try:
-                until = os.stat(backoff_path(config, host)).st_mtime
-            except FileNotFoundError:
-                until = None
-            if until is not None:
-                state = "backed off until %s" % time.strftime(
-                    "%H:%M:%S", time.localtime(until)) \
-                    if until > time.time() else "backoff over, next job probes"
-            sock, _ = relay_paths(config, host)
-            if os.path.exists(sock):
-                state += ", relay running"
-            for line in read_host_note(config, host, "mismatch").splitlines():
-                state += "; compiler differs: " + line
-        sys.stdout.write("%-40s limit %-3d %s\n" % (
-            host.spec, host_slots(config, host), state))
-    return 0
-
-
-def real_compiler(name):
-    """Return NAME, or the path of the first NAME on PATH that is not this
-    program (so masquerade links never call themselves).
-
-    Raises UsageError when PATH has no other NAME."""
-    me = os.path.realpath(__file__)
-    first = find_program(name)
-    if first is None or os.path.realpath(first) != me:
-        return name
-    if "/" in name:
-        raise UsageError("%s is distcc.py itself" % name,
-                         "give the real compiler's path")
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path) and \
-                os.path.realpath(path) != me:
-            return path
-    raise UsageError("no %s on PATH besides distcc.py itself" % name,
-                     "install the compiler or fix PATH")
-
-
-def check_host(config, spec):
-    """Diagnose one host for a new user; print a line per check and return
-    0 only when the host is usable."""
-    import time
-    host = parse_host(spec if "@" in spec else "@" + spec)
-    out = sys.stdout
-
-    def say(ok, text):
-        out.write("%-4s %s\n" % ("ok" if ok else "FAIL", text))
-        out.flush()
-        return ok
-    argv = build_ssh_argv(config.ssh_command, host, config.dir)
-    state_dir(config)
-    started = time.monotonic()
-    try:
-        session = Session(argv, config.connect_timeout, config.io_timeout)
-    except (TransportError, ProtocolError) as e:
-        say(False, "ssh %s: %s" % (host.hostname, e))
-        out.write("     command: %s\n" % " ".join(argv))
-        return 1
-    good = True
-    try:
-        say(True, "ssh reaches %s without a prompt (%.0f ms to the banner)"
-            % (host.hostname, (time.monotonic() - started) * 1000))
-        say(True, "distcc.py %s runs there (protocol %d, %s CPUs); here: %s"
-            % (session.server_version, PROTOCOL, session.cpus, VERSION))
-        for name in ("gcc", "g++", "cc", "c++", "clang", "clang++"):
-            here = find_program(name)
-            if here is None:
-                continue
-            try:
-                theirs = session.identity(name)
-            except Rejected as e:
-                out.write("--   %s: %s\n" % (name, e.detail))
-                continue
-            ours = compiler_identity(here)
-            same = theirs == ours
-            good = say(same, "%s %s: %s" % (
-                name, "matches" if same else "differs",
-                theirs.replace("\n", ", ") if same else "%s there, %s here"
-                % (theirs.replace("\n", ", "), ours.replace("\n", ", "))
-            )) and good
-        good = check_probe_compile(session, say) and good
-        times = []
-        for _ in range(20):
-            t = time.monotonic()
-            session.call(QUERY, pack_body({"compiler": "gcc"}))
-            times.append(time.monotonic() - t)
-        payload = os.urandom(4 << 20)
-        t = time.monotonic()
-        session.call(QUERY, pack_body({"compiler": "gcc"}, [payload]))
-        rate = len(payload) / (time.monotonic() - t) / 1e6
-        say(True, "round trip %.2f ms (median of 20), throughput %.0f MB/s"
-            % (sorted(times)[10] * 1000, rate))
-    except DistccError as e:
-        good = say(False, "%s: %s" % (host.hostname, e))
-    finally:
-        session.close()
-    out.write("%s is %s\n" % (host.hostname, "usable" if good else
-                                "NOT usable"))
-    return 0 if good else 1
-
-
-def check_probe_compile(session, say):
-    """Compile a probe file on the session's host and here; compare."""
-    import subprocess
-    import tempfile
-    here = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="distccpy-check-") as d:
-        os.chdir(d)
-        try:
-            with open("probe.c", "w") as f:
-                f.write("#include <stdio.h>\n#define TWICE(x) ((x) * 2)\n"
-                        "int probe(int x) { return printf(\"%d\", "
-                        "TWICE(x)); }\n")
-            argv = ["gcc", "-O2", "-g", "-c", "probe.c", "-o", "probe.o"]
-            job = scan_args(argv)
-            meta, blobs, _ = prepare_job(job)
-            kind, body = session.call(JOB, pack_body(meta, blobs))
-            if kind == ERROR:
-                raise_error_body(body)
-            result, got = unpack_body(body)
-            if result.get("status") != 0:
-                return say(False, "probe compile failed there: %s"
-                           % bytes(got[1]).decode(errors="replace").strip())
-            remote = decompress(got[-1])
-            subprocess.check_call(argv)
-            with open("probe.o", "rb") as f:
-                local = f.read()
-        finally:
-            os.chdir(here)
-    return say(remote == local, "probe compile (gcc -O2 -g): the object "
-               "from there is %s the local one (%d bytes)"
-               % ("identical to" if remote == local else "DIFFERENT from",
-                  len(local)))
-
-
-def wrapper_main(argv, config):
-    """Compile ARGV remotely if possible, else locally; return the status."""
-    argv = [real_compiler(argv[0])] + argv[1:]
-    if Warm.child:
-        trace("warm start for pid %d" % Warm.client)
-    if os.environ.pop(ENV_WARM_LOCAL, None) == "1":
-        # A warm child decided, and counted, this job: compile it here.
-        hold_local_slot(config, None, record_local_job(config, None))
-        exec_local(argv, "as the warm start decided")
-    state = None
-    hosts = None
-    try:
-        job = scan_args(expand_response_files(argv))
-        hosts = config.hosts()
-        if not any(not h.is_local for h in hosts):
-            raise LocalOnly("no remote hosts")
-        check_job_files(job)
-        # Checked and created once per job; the slot, relay and job state
-        # code relies on it.
-        directory = state_dir(config)
-        for sub in ("slots", "jobs"):
-            if not os.path.isdir(os.path.join(directory, sub)):
-                os.makedirs(os.path.join(directory, sub), mode=0o700,
-                            exist_ok=True)
-        state = JobState(directory, job.source)
-        try:
-            status = compile_distributed(config, job, hosts, state)
-            # The set-up works: the next jobs of this build can go warm.
-            start_warm(config, directory)
-            return status
-        except LocalOnly as why:
-            if not state.done:      # the preprocessor failed, say
-                state.finish("local", why.detail)
-            raise
-        finally:
-            if not state.done:
-                state.finish("failed", "interrupted")
-            summarize_if_idle(config)
-    except LocalOnly as why:
-        reason = why.detail
-    if state is None:
-        directory = record_local_job(config, reason)
-        summarize_if_idle(config)
-    else:
-        directory = state.directory
-    if Warm.child:
-        raise WarmLocal()           # the launcher runs the local compile
-    hold_local_slot(config, hosts, directory)
-    exec_local(argv, reason)
-    return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
-
-
-def hold_local_slot(config, hosts, directory):
-    """With --localslots=N in the host list HOSTS (None: not read yet),
-    wait for one of N local slots and keep it open across exec: the
-    compiler holds it until it exits.  Jobs that compile here then never
-    run more than N at once, whatever make's -j (as distcc's --localslots).
-    DIRECTORY is the checked DISTCC_DIR, or None if it is unusable."""
-    if directory is None:
-        return
-    if hosts is None:
-        try:
-            hosts = config.hosts()
-        except UsageError:
-            return  # a local compile still runs; the remote path reports it
-    if not hosts.local_slots:
-        return
-    os.makedirs(os.path.join(directory, "slots"), mode=0o700, exist_ok=True)
-    local = Host("local", "localhost", limit=hosts.local_slots)
-    slot = acquire_slot(config, [local], "queue-local")
-    os.set_inheritable(slot.fd, True)
-
-
-def record_local_job(config, reason):
-    """Add a job that compiles here without trying a host to the stats
-    (unless REASON is None: counted already); return the checked
-    DISTCC_DIR, or None if it is unusable."""
-    try:
-        directory = state_dir(config)
-    except UsageError:
-        return None  # the remote path reports that; a local compile goes on
-    if reason is not None:
-        JobState(directory, "-").finish("local", reason)
-    return directory
-
-
-def summarize_if_idle(config):
-    """With DISTCC_VERBOSE, trace the summary line of the jobs since the
-    last summary when no other job is in flight: at the end of a build,
-    and wherever a build waits on a lone step."""
-    if not Log.verbose:
-        return
-    import fcntl
-    directory = config.dir
-    if read_job_states(directory):
-        return
-    try:
-        fd = os.open(os.path.join(directory, "stats.summary"),
-                     os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
-    except OSError:
-        return  # no state dir: nothing was recorded
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        offset = int(text) if text.isdigit() else None
-        records, end = read_stats(directory, offset)
-        if records:
-            trace("summary: " + format_summary(summarize_stats(records)))
-        os.pwrite(fd, b"%-20d\n" % end, 0)
-    except OSError:
-        pass  # another wrapper is printing it
-    finally:
-        os.close(fd)
-
-# ---------------------------------------------------------------------------
 # Main dispatch
 #
 # Picks the role from argv, reads the configuration once, turns errors into
@@ -4967,13 +3864,10 @@ def main(argv=None, invoked_as=None):
                                                   for h in hosts)))
             return 0
         if argv[0] == "--stop":
-            warm_stop(config)
             n = relay_stop(config)
             sys.stdout.write("stopped %d relay%s\n" % (n, "" if n == 1
                                                         else "s"))
             return 0
-        if argv[0] == WARM_ROLE:
-            return warm_serve(config, main)
         if argv[0].startswith("-"):
             raise UsageError("unknown option %s" % argv[0],
                              "see distcc.py --help")
