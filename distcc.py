@@ -2,10 +2,11 @@
 # Run by sh: start Python on the cached bytecode of this file (compiling
 # 3,000 lines for every compile would cost more than the job's I/O),
 # without site (-S: nothing here needs site-packages, and a site with .pth
-# files can cost 70 ms per start) and without the cyclic garbage collector,
-# which the long-lived roles turn back on (see launch()).
+# files can cost 70 ms per start), without the cyclic garbage collector,
+# which the long-lived roles turn back on (see launch()), and with the
+# loader Python has already imported (importlib.machinery costs 1 ms).
 '''':
-exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import importlib.machinery as im, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; im.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
+exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import _frozen_importlib_external as fl, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; fl.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:
@@ -89,7 +90,6 @@ Environment:
 import errno
 import marshal
 import os
-import struct
 import sys
 import zlib
 
@@ -109,10 +109,11 @@ BANNER_PREFIX = b"DISTCC.PY "
 BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
 
-HEADER = struct.Struct(">2sBBII")    # magic, type, flags, job id, length
+# A header is the magic, type, flags, job id and length, as struct's
+# ">2sBBII" (int.to_bytes does it: importing struct costs every wrapper).
+HEADER_SIZE = 12
 MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
-META_LENGTH = struct.Struct(">I")
 
 JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, CANCEL = 1, 2, 3, 4, 5, 6, 8
 FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
@@ -135,6 +136,8 @@ COMPRESS_LEVEL = 1
 # again with those headers, up to these limits.
 MAX_EXTRA_FILES = 32
 MAX_EXTRA_BYTES = 8 * 1024 * 1024
+MAX_SESSION_JOBS = 256               # jobs of one session on a host at once
+MAX_HOST_CPUS = 256                  # a host claiming more gets this many
 
 ENV_HOSTS = "DISTCC_HOSTS"
 ENV_DIR = "DISTCC_DIR"
@@ -173,6 +176,12 @@ SOCKET_PATH_LIMIT = 100              # sun_path is 104 (BSD) or 108 bytes
 # with every job instead of relying on ssh's SendEnv.
 FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
                  "GCC_COLORS")
+
+# What a forwarded variable may hold: a locale (C, POSIX, ll_CC.charset@mod,
+# a colon list for LANGUAGE) or GCC_COLORS's list; never a path.
+LOCALE_PATTERN = r"(C|POSIX|[a-z]{2,3}(_[A-Z]{2})?)(\.[A-Za-z0-9-]+)?(@[a-z]+)?"
+ENV_PATTERNS = {"LANGUAGE": "%s(:%s)*" % (LOCALE_PATTERN, LOCALE_PATTERN),
+                "GCC_COLORS": r"([a-z-]+=[0-9;]*(:[a-z-]+=[0-9;]*)*)?"}
 
 EXIT_DISTCC_FAILED = 100             # remote compile failed, fallback off
 EXIT_BAD_ARGUMENTS = 101             # usage or configuration error
@@ -338,8 +347,9 @@ def read_frame(f):
     first = f.read(1)
     if not first:
         return None
-    header = bytes(first) + bytes(read_exactly(f, HEADER.size - 1))
-    magic, kind, _flags, job_id, length = HEADER.unpack(header)
+    header = bytes(first) + bytes(read_exactly(f, HEADER_SIZE - 1))
+    magic, kind = header[:2], header[2]
+    job_id, length = (int.from_bytes(header[i:i + 4], "big") for i in (4, 8))
     if magic != MAGIC:
         raise ProtocolError("bad frame magic %r (expected %r)" % (magic, MAGIC))
     if kind not in FRAME_NAMES:
@@ -356,7 +366,8 @@ def frame_parts(kind, job_id, parts):
     if length > MAX_FRAME:
         raise ProtocolError("frame of %d bytes is over the %d-byte limit"
                             % (length, MAX_FRAME))
-    return HEADER.pack(MAGIC, kind, 0, job_id, length)
+    return MAGIC + bytes((kind, 0)) + job_id.to_bytes(4, "big") + \
+        length.to_bytes(4, "big")
 
 
 def write_frame(f, kind, job_id, parts):
@@ -402,7 +413,7 @@ def pack_body(meta, blobs=(), encoding=JSON):
     """Return the parts of a metadata-plus-blobs body."""
     meta = dict(meta, sizes=[len(b) for b in blobs])
     text = dump_meta(meta, encoding)
-    return [META_LENGTH.pack(len(text)), text] + list(blobs)
+    return [len(text).to_bytes(4, "big"), text] + list(blobs)
 
 
 def unpack_meta(body, encoding=JSON):
@@ -410,14 +421,14 @@ def unpack_meta(body, encoding=JSON):
     body.
 
     Raises ProtocolError when the body is malformed."""
-    if len(body) < META_LENGTH.size:
+    if len(body) < 4:
         raise ProtocolError("body of %d bytes has no metadata" % len(body))
-    (n,) = META_LENGTH.unpack_from(body)
-    end = META_LENGTH.size + n
+    n = int.from_bytes(body[:4], "big")
+    end = 4 + n
     if end > len(body):
         raise ProtocolError("metadata of %d bytes overruns a %d-byte body"
                             % (n, len(body)))
-    return load_meta(bytes(body[META_LENGTH.size:end]), encoding), end
+    return load_meta(bytes(body[4:end]), encoding), end
 
 
 def unpack_body(body, encoding=JSON):
@@ -744,8 +755,12 @@ def scan_args(argv):
                 i += 1
                 continue
             cpp.extend(args[i:i + 2])
+            if arg in ("--param", "-target", "--target"):
+                # The host gets the joined spelling (see remote_refusal).
+                arg = "--%s=%s" % (arg.lstrip("-"), args[i + 1])
+                remote.append(arg)
             if arg not in LINK_OPTIONS_WITH_VALUE:
-                remote.extend(args[i:i + 2])
+                reason = reason or remote_refusal(arg)
             i += 2
             continue
         if arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
@@ -756,6 +771,7 @@ def scan_args(argv):
             if arg.startswith("-gdwarf-") and arg[8:].isdigit():
                 dwarf = int(arg[8:])
             debug = arg != "-g0"
+        reason = reason or remote_refusal(arg)
         cpp.append(arg)
         remote.append(arg)
         i += 1
@@ -775,7 +791,10 @@ def scan_args(argv):
     elif output is not None:
         job.output = output
     elif len(sources) == 1:
-        job.output = replace_suffix(stem, ".o" if job.mode == "-c" else ".s")
+        llvm = "-emit-llvm" in args      # clang's bitcode, or its text
+        job.output = replace_suffix(stem, {
+            ("-c", False): ".o", ("-S", False): ".s", ("-c", True): ".bc",
+            ("-S", True): ".ll"}[job.mode, llvm])
 
     if family == "clang" and debug and (dwarf or 5) >= 5:
         # DWARF 5 line tables carry an MD5 of each source file; clang can
@@ -879,53 +898,95 @@ def is_compiler_name(name):
     return parts[-1] in COMPILER_BASENAMES and \
         all(p and set(p) <= NAME_CHARS for p in parts[:-1])
 
-# Options a client must never make the host's compiler obey: they read or
-# write files of the host, or run programs.  Checked again here because a
-# hand-crafted client can send anything.
-SERVER_DENY_PREFIXES = (
-    "-fplugin", "-specs", "--specs", "-B", "-wrapper", "@", "-fprofile",
-    "-fauto-profile", "-o", "-x", "-Xassembler", "-Xlinker", "-Xclang",
-    "-Xpreprocessor", "-Wp,", "-Wl,", "-I", "-include", "-imacros",
-    "-isystem", "-iquote", "-idirafter", "-iprefix", "-iwithprefix",
-    "-iplugindir", "-isysroot", "--sysroot", "-save-temps", "-fdump-",
-    "-aux-info", "-M", "-fsanitize-blacklist", "-fsanitize-ignorelist",
-    "-include-pch", "-fmodules", "-fcallgraph-info", "-ftime-trace", "-L",
-    "-l", "-dumpdir", "-dumpbase", "--coverage", "-ftest-coverage", "-frepo",
-)
-SERVER_DENY_EXACT = {"-c", "-S", "-E", "-T", "-wrapper"}
-# Profile options that only change code generation.
-SERVER_PROFILE_ALLOWED = ("-fprofile-update", "-fprofile-reorder",
-                          "-fprofile-partial", "-fprofile-abs-path",
-                          "-fprofile-prefix-map", "-fprofile-info-section")
-SERVER_VALUE_OPTIONS = {"--param", "-mllvm", "-target", "-arch", "-G"}
+# What may reach a host's compiler: the options that only change code
+# generation, warnings, language and debug info.  An allow-list, shared by
+# the scanner (anything else compiles here) and the server (anything else
+# is refused: a hand-crafted client can send anything).  gcc reads "@name"
+# anywhere as a response file and takes long aliases and unique
+# abbreviations of its options (--prefix= is -B, --for-assembler= is
+# -Xassembler), so no "--" option passes but --param= and --target=, no
+# value may name a path except in the options that only record one, and
+# nothing but these characters passes at all.
+REMOTE_FAMILIES = ("-O", "-g", "-W", "-f", "-m", "-std=", "-stdlib=",
+                   "--param=", "--target=")
+REMOTE_EXACT = frozenset(("-ansi", "-w", "-pipe", "-pthread", "-trigraphs",
+                          "-Qn", "-Qy", "-Qunused-arguments"))
+REMOTE_PATH_STRINGS = (       # values that are recorded, never opened
+    "-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-prefix-map=",
+    "-fprofile-prefix-map=", "-fcoverage-prefix-map=",
+    "-fdebug-compilation-dir=", "-fcoverage-compilation-dir=",
+    "-ffile-compilation-dir=", "-finstrument-functions-exclude-file-list=",
+    "-frandom-seed=")
+OPTION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                         "0123456789_-=.,+:%")
+# Within those families, what reads or writes files or runs programs
+# (from gcc --help=common,optimizers,warnings,target,c,c++,undocumented
+# and clang's --help-hidden: every option that takes a file, a directory,
+# a plugin or a program) ...
+REMOTE_DENIED = (
+    "-Wa,", "-Wl,", "-Wp,", "-fplugin", "-fpass-plugin", "-fprofile",
+    "-fauto-profile", "-fcs-profile", "-fdump-", "-fcallgraph-info",
+    "-fstack-usage", "-fmodule", "-fsystem-module", "-fprebuilt-module",
+    "-fsave-optimization-record", "-foptimization-record", "-fpre-include",
+    "-fself-test", "-fcompare-debug", "-fltrans", "-fresolution",
+    "-foffload", "-fdiagnostics-format", "-fdiagnostics-add-output",
+    "-fdiagnostics-set-output", "-fsanitize-blacklist",
+    "-fsanitize-ignorelist", "-fsanitize-system-ignorelist",
+    "-fsanitize-coverage-allowlist", "-fsanitize-coverage-blocklist",
+    "-fxray-attr-list", "-fxray-always-instrument",
+    "-fxray-never-instrument", "-fcrash-diagnostics", "-fthinlto",
+    "-fembed", "-ftime-trace", "-fdepfile", "-fapinotes",
+    "-fbasic-block-sections=list", "-fdirectives-only", "-fpreprocessed",
+    "-fworking-directory", "-fpch", "-frepo", "-ftest-coverage",
+    "-fbuild-session", "-frewrite-map-file", "-fproc-stat-report",
+    "-fexperimental-sanitize-metadata-ignorelist", "-mllvm", "-module",
+    "-gen-")
+# ... but for these, which only change code generation.
+REMOTE_DENIED_BUT = ("-fprofile-update=", "-fprofile-reorder-functions",
+                     "-fprofile-partial-training", "-fprofile-abs-path",
+                     "-fprofile-prefix-map=", "-fprofile-info-section",
+                     "-fprofile-correction")
+# Assembler options a host may pass on with -Wa, (as abbreviates too: only
+# these, as spelled).
+ASSEMBLER_OPTIONS = frozenset((
+    "--noexecstack", "--execstack", "-mrelax-relocations=yes",
+    "-mrelax-relocations=no", "--compress-debug-sections",
+    "--nocompress-debug-sections", "-mbranches-within-32B-boundaries",
+    "--32", "--64"))
+
+
+def remote_refusal(arg):
+    """Return why option ARG may not run on a host, or None.  Values of
+    --param and --target come joined (--param=NAME=VALUE)."""
+    path = arg.startswith(REMOTE_PATH_STRINGS)
+    bad = set(arg) - OPTION_CHARS - (set("/") if path else set())
+    name = arg.split("=", 1)[0]
+    if bad:
+        return "%s holds %r, which no option sent to a host may" % (
+            name, "".join(sorted(bad)))
+    if arg.startswith("-Wa,"):
+        items = [a for a in arg[4:].split(",") if a not in ASSEMBLER_OPTIONS]
+        return "-Wa,%s may make the assembler write files" % ",".join(items) \
+            if items else None
+    if arg.startswith(REMOTE_DENIED) and not \
+            arg.startswith(REMOTE_DENIED_BUT) or \
+            arg.startswith("-fopt-info") and "=" in arg:
+        return "%s reads or writes files or runs programs" % name
+    if arg in REMOTE_EXACT or arg.startswith(REMOTE_FAMILIES):
+        return None
+    return "%s is not among the options a host runs" % name
 
 
 def check_server_args(args):
-    """Raise Rejected unless every element of ARGS is a safe code-generation
-    option."""
+    """Raise Rejected unless every element of ARGS is an option a host
+    runs (see remote_refusal)."""
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise Rejected("arguments must be a list of strings")
-    expect_value = False
     for arg in args:
-        if "\0" in arg:
-            raise Rejected("argument contains a NUL byte")
-        if expect_value:
-            expect_value = False
-            continue
-        if not arg.startswith("-"):
-            raise Rejected("argument %r is not an option" % arg)
-        refused = arg in SERVER_DENY_EXACT or (
-            arg.startswith(SERVER_DENY_PREFIXES) and
-            not arg.startswith(SERVER_PROFILE_ALLOWED)) or (
-            arg.startswith("-Wa,") and local_reason(arg) is not None) or (
-            arg.startswith("-fopt-info") and "=" in arg)
-        if refused:
-            raise Rejected("refused option %r: it reads or writes files or "
-                           "runs programs on the host" % arg)
-        if arg in SERVER_VALUE_OPTIONS:
-            expect_value = True
-    if expect_value:
-        raise Rejected("option %r has no value" % args[-1])
+        why = remote_refusal(arg) if arg.startswith("-") else \
+            "%r is not an option" % arg[:100]
+        if why:
+            raise Rejected("refused option: %s" % why)
 
 # ---------------------------------------------------------------------------
 # Hosts
@@ -1314,8 +1375,9 @@ class Config:
                                          DEFAULT_RELAY_TIMEOUT)
         self.connect_timeout = env_seconds(environ, ENV_CONNECT_TIMEOUT,
                                            DEFAULT_CONNECT_TIMEOUT)
+        # 0 is distcc's "never back off".
         self.backoff_period = env_seconds(environ, ENV_BACKOFF_PERIOD,
-                                          DEFAULT_BACKOFF_PERIOD)
+                                          DEFAULT_BACKOFF_PERIOD, zero=True)
         self.io_timeout = env_seconds(environ, ENV_IO_TIMEOUT,
                                       DEFAULT_IO_TIMEOUT)
         self.job_timeout = env_seconds(environ, ENV_JOB_TIMEOUT,
@@ -1352,8 +1414,8 @@ class Config:
         return parse_hosts(text)
 
 
-def env_seconds(environ, name, default):
-    """Read a positive number of seconds from NAME."""
+def env_seconds(environ, name, default, zero=False):
+    """Read a positive number of seconds (or 0, if ZERO) from NAME."""
     text = environ.get(name)
     if not text:
         return default
@@ -1361,7 +1423,7 @@ def env_seconds(environ, name, default):
         value = float(text)
     except ValueError:
         value = -1
-    if value <= 0:
+    if not 0 <= value < float("inf") or value == 0 and not zero:
         raise UsageError("%s=%r is not a positive number of seconds"
                          % (name, text), "unset it or give seconds")
     return value
@@ -1490,6 +1552,17 @@ def check_job_files(job):
     if not os.path.isdir(os.path.dirname(job.output) or "."):
         raise LocalOnly("output directory of %s does not exist" % job.output,
                         job)
+    try:
+        st = os.stat(job.output)
+    except OSError:
+        return
+    import stat
+    if not stat.S_ISREG(st.st_mode):
+        # /dev/null, a FIFO: the local compiler writes into it; a rename
+        # would replace it.
+        raise LocalOnly("output %s is not a regular file" % job.output, job)
+    if os.path.samefile(job.source, job.output):
+        raise LocalOnly("output %s is the source" % job.output, job)
 
 
 def expand_response_files(argv, depth=0):
@@ -1817,7 +1890,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
         trace("%s: taken back from %s's queue" % (job.source, host.hostname))
         return None, local
     result, got = unpack_body(body, MARSHAL)
-    extra = collect_extra_files(result.get("missing"))
+    extra = collect_extra_files(result.get("missing"), blobs[0])
     if extra:
         # gcc on the host quoted lines of headers it does not have; send
         # them so the diagnostics come out as a local compile prints them.
@@ -1849,16 +1922,18 @@ def compile_remote(config, job, hosts, host, prepared, state):
                  "output": job.output}
         names = [o.get("name") if isinstance(o, dict) else None
                  for o in outputs]
+        if "-gsplit-dwarf" not in job.remote_args:
+            del paths["dwo"]        # a host may not add what nobody asked
         if "output" not in names or not set(names) <= set(paths) or \
                 len(set(names)) != len(names):
-            raise ProtocolError("RESULT has outputs %r" % (names,))
+            raise ProtocolError(("RESULT has outputs %r" % (names,))[:200])
         for name, blob in zip(names, got[2:]):
             data = decompress(blob)
             state.record["objects"] += len(data)
             write_output(paths[name], data)
     sys.stderr.buffer.write(cpp_err)
-    sys.stderr.buffer.write(got[1])
-    sys.stdout.buffer.write(got[0])
+    sys.stderr.buffer.write(clean_output(got[1]))
+    sys.stdout.buffer.write(clean_output(got[0]))
     state.record["write_ms"] = round((time.monotonic() - started) * 1000)
     trace("%s compiled on %s: status %d" % (job.source, host.hostname,
                                             status))
@@ -1977,15 +2052,22 @@ class SocketReader:
         return self.sock.recv_into(view)
 
 
-def collect_extra_files(names):
+def collect_extra_files(names, packed):
     """Return [(name, compressed contents)] of the local files NAMES (a
-    server's 'missing' list), within the limits; [] if there are none."""
-    if not isinstance(names, list):
+    server's 'missing' list), within the limits; [] if there are none.
+    Only files that the job's text, PACKED, says it included (its line
+    markers name them), relative and without "..", are ever read: a host
+    may ask for anything."""
+    if not isinstance(names, list) or not names:
         return []
+    import re
+    included = set(re.findall(rb'(?m)^# [0-9]+ "([^"]*)"',
+                              zlib.decompress(packed)))
     extra = []
     total = 0
     for name in names[:MAX_EXTRA_FILES]:
-        if not isinstance(name, str) or name.startswith("/") or \
+        if not isinstance(name, str) or not spelled_name(name) or \
+                name.encode("utf-8", "surrogateescape") not in included or \
                 not os.path.isfile(name):
             continue
         try:
@@ -1998,6 +2080,24 @@ def collect_extra_files(names):
             break
         extra.append((name, zlib.compress(data, COMPRESS_LEVEL)))
     return extra
+
+
+# Bytes that are not control characters (tab and newline are not).
+PLAIN_BYTES = bytes(b for b in range(256) if 32 <= b < 127 or b > 127 or
+                    b in (9, 10))
+
+
+def clean_output(data):
+    """Return the output DATA of a host's compiler with every control
+    character made "?", but tab, newline and the escape sequences of
+    colour (SGR, and EL as gcc uses it): a host may send anything to a
+    terminal."""
+    if not bytes(data).translate(None, PLAIN_BYTES):
+        return data
+    import re
+    return re.sub(rb"\x1b\[[0-9;]*[mK]|[\x00-\x1f\x7f]", lambda m: m.group()
+                  if len(m.group()) > 1 or m.group() in b"\t\n" else b"?",
+                  bytes(data))
 
 
 def write_output(path, data):
@@ -2315,15 +2415,26 @@ def run_relay_child(config, host, listener, lock_fd, sock_path):
     relay = Relay(host, config, listener)
     import signal
     # SIGTERM (distcc.py --stop) ends the accept loop through the finally
-    # below, which removes the socket and closes ssh.
+    # below, which removes the socket, closes ssh and ends its master.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     trace("relay for %s listening on %s" % (host.spec, sock_path))
+    stopped = False
     try:
         relay.serve()
+    except SystemExit:
+        stopped = True
     except Exception as e:  # noqa: BLE001  a detached relay reports and ends
         warn("relay for %s failed: %s" % (host.spec, e))
     finally:
         relay.shutdown(sock_path)
+        if stopped:
+            import subprocess
+            argv = build_ssh_argv(config.ssh_command, host, config.dir)
+            subprocess.call(argv[:argv.index("--")] + ["-O", "exit",
+                                                       host.hostname],
+                            stdin=subprocess.DEVNULL, timeout=10,
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
         trace("relay for %s exits" % host.spec)
 
 
@@ -2345,6 +2456,7 @@ def peer_creds(sock):
     """Return (pid, uid) of the process at the other end of Unix socket
     SOCK, or (None, None) where the platform cannot say."""
     import socket
+    import struct
     if hasattr(socket, "SO_PEERCRED"):
         creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                 struct.calcsize("3i"))
@@ -2551,22 +2663,34 @@ class Relay:
 
 
 def relay_stop(config):
-    """Stop every relay in DISTCC_DIR (by the pids in their lockfiles)."""
+    """Stop every relay in DISTCC_DIR (and its ssh master), by the pid in
+    its lockfile, and forget every backoff; return how many stopped.  A
+    lockfile that nobody holds locked names no relay: its pid is stale
+    and may be anybody's now."""
+    import fcntl
     import glob
     import signal
     stopped = 0
     for lock in glob.glob(os.path.join(config.dir, "relay-*.lock")):
         try:
-            with open(lock) as f:
-                pid = int(f.read().strip() or 0)
-        except (OSError, ValueError):
+            fd = os.open(lock, os.O_RDONLY | O_NOFOLLOW)
+        except OSError:
             continue
-        if pid > 0:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            continue                # not held: no relay runs
+        except OSError:
+            pid = os.pread(fd, 32, 0).strip()
+        finally:
+            os.close(fd)
+        if pid.isdigit() and int(pid) > 0:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(int(pid), signal.SIGTERM)
                 stopped += 1
             except ProcessLookupError:
-                pass  # already gone
+                pass  # ended meanwhile
+    for path in glob.glob(os.path.join(config.dir, "backoff-*")):
+        os.unlink(path)
     return stopped
 
 
@@ -2909,7 +3033,7 @@ def find_banner(f):
                 cpus = None
                 for field in fields[3:]:
                     if field.startswith("cpus=") and field[5:].isdigit():
-                        cpus = int(field[5:])
+                        cpus = min(int(field[5:]), MAX_HOST_CPUS)
                 return fields[2], cpus
             raise ProtocolError("server speaks %r, we speak protocol %d"
                                 % (line.strip().decode("ascii", "replace"),
@@ -2970,6 +3094,15 @@ def confined_path(root, cwd, name):
     return path
 
 
+def spelled_name(name):
+    """Whether NAME, a client's relative file name, may stand on the
+    compiler's command line as spelled: normalised, no "..", and nothing
+    gcc would read as an option or a response file."""
+    return isinstance(name, str) and name == os.path.normpath(name) and \
+        not name.startswith(("/", "-", "@", "..")) and \
+        "/../" not in name and set(name).isdisjoint("\0\n")
+
+
 def find_compiler(name):
     """Return the full path of compiler NAME on this host's PATH.
 
@@ -2977,11 +3110,15 @@ def find_compiler(name):
     if not is_compiler_name(name):
         raise Rejected("%r is not a compiler this server runs" % (name,),
                        "the server runs gcc, g++, cc, c++ and clang by name")
-    import shutil
-    path = shutil.which(name)
-    if not path:
+    if name not in FOUND_COMPILERS:          # once per server
+        import shutil
+        FOUND_COMPILERS[name] = shutil.which(name)
+    if not FOUND_COMPILERS[name]:
         raise Rejected("compiler %s is not installed on this host" % name)
-    return path
+    return FOUND_COMPILERS[name]
+
+
+FOUND_COMPILERS = {}                    # name -> path or None, on the host
 
 
 def compiler_identity(path):
@@ -3059,6 +3196,7 @@ class Server:
         self.writer = writer          # frames to the client
         self.write_lock = threading.Lock()
         self.turns = Turns(cpus)      # compiles at once; the rest queue
+        self.query_turns = Turns(cpus)    # `CC -v` runs at once, likewise
         self.threads = []             # job threads, joined at EOF
         self.controls = {}            # job id -> JobControl, until answered
         threading.Thread(target=self.beat, daemon=True).start()
@@ -3088,6 +3226,11 @@ class Server:
                 if control is not None:  # else it has ended already
                     control.cancel()
                 continue
+            if kind == JOB and len(self.controls) >= MAX_SESSION_JOBS:
+                self.send(ERROR, job_id, error_body("rejected", (
+                    "%d jobs of this session are on the host already"
+                    % MAX_SESSION_JOBS)))
+                continue
             if kind == JOB:
                 target = self.run_job
                 # The queue's order is the order the jobs came in.
@@ -3111,13 +3254,17 @@ class Server:
             t.join()
 
     def answer_query(self, job_id, body):
+        turn = self.query_turns.ticket()
         try:
+            turn.acquire()
             meta, _ = unpack_meta(body)
             path = find_compiler(meta.get("compiler"))
             answer = {"compiler": meta["compiler"],
                       "identity": compiler_identity(path)}
         except DistccError as e:
             answer = {"compiler": None, "error": str(e.detail)}
+        finally:
+            self.query_turns.release(turn)
         self.send(IDENTITY, job_id, pack_body(answer))
 
     def beat(self):
@@ -3249,6 +3396,9 @@ def compile_job(body, leftovers, control):
     if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
         raise ProtocolError("a job carries 2 blobs and its extra files, not "
                             "%d blobs" % len(blobs))
+    if len(extra) > MAX_EXTRA_FILES:
+        raise Rejected("%d extra files, over the limit of %d"
+                       % (len(extra), MAX_EXTRA_FILES))
     compiler = find_compiler(meta.get("compiler"))
     args = meta.get("args")
     check_server_args(args)
@@ -3265,24 +3415,36 @@ def compile_job(body, leftovers, control):
     if not isinstance(env, dict) or not all(
             k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
         raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
+    import re
+    for key, value in env.items():
+        if not re.match("(%s)?\\Z" % ENV_PATTERNS.get(key, LOCALE_PATTERN),
+                        value):
+            raise Rejected("%s=%r is not a locale setting" % (key, value[:80]))
     family = meta.get("family")
     source_text = decompress(blobs[0])
     original = decompress(blobs[1])
+    # DISTCC_SAVE_TEMPS keeps the job's files, if this host allows it too.
+    keep = bool(meta.get("save_temps")) and \
+        os.environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
 
-    root = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-"))
+    root = os.path.realpath(tempfile.mkdtemp(
+        prefix="distccpy-keep-" if keep else "distccpy-%d-" % os.getpid()))
     try:
         work = confined_path(root, "/", cwd)
         source = meta.get("source")
         source_path = confined_path(root, cwd, source)
         os.makedirs(work, exist_ok=True)
         os.makedirs(os.path.dirname(source_path), exist_ok=True)
+        room = MAX_EXTRA_BYTES
         for name, blob in zip(extra, blobs[2:]):
             # Headers the client sent so that diagnostics can quote them.
             path = confined_path(root, cwd, name)
+            data = decompress(blob, room)
+            room -= len(data)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(decompress(blob))
-        maps = ["-ffile-prefix-map=%s=" % root]
+            with open(path, "xb") as f:
+                f.write(data)
+        maps = []
         if family == "gcc" and lang not in PREPROCESSED_LANGS:
             # gcc re-reads the source by name to quote lines in diagnostics,
             # so the original goes at the source's own path and the
@@ -3296,15 +3458,16 @@ def compile_job(body, leftovers, control):
         else:
             # clang names the file as the command line spells it.
             input_path = source_path
-            input_arg = source if not source.startswith("/") else source_path
+            input_arg = source if spelled_name(source) else source_path
         with open(input_path, "wb") as f:
             f.write(source_text)
         del source_text
         # A relative -o is used as the client spelled it (gcc records it as
         # the .dwo name of -gsplit-dwarf); an absolute one would name the
-        # temp dir, so it is replaced.
+        # temp dir, so it is replaced, and so is one the compiler would
+        # resolve elsewhere than we do ("..") or read as an option.
         output = meta.get("output")
-        if isinstance(output, str) and output and not output.startswith("/"):
+        if spelled_name(output):
             output_path = confined_path(root, cwd, output)
             os.makedirs(os.path.dirname(output_path), exist_ok=True)
             output_arg = output
@@ -3313,7 +3476,14 @@ def compile_job(body, leftovers, control):
         split_dwarf = "-gsplit-dwarf" in args
         if split_dwarf and output_arg != output:
             raise Rejected("-gsplit-dwarf needs a relative output name")
-        argv = [compiler] + args + maps + [mode]
+        # gcc tries the map given last first, and applies one: the job's
+        # input, then the user's own maps (moved into the job dir where
+        # they name an absolute path: dpkg-buildflags adds one to every
+        # Debian build), then the job dir itself.
+        # -pipe: as reads cc1's output as it comes (a tiny job's answer
+        # comes 4-6 ms sooner here), and nothing of it lands in the object.
+        argv = [compiler, "-pipe", "-ffile-prefix-map=%s=" % root] + [
+            moved_map(arg, root) for arg in args] + maps + [mode]
         if lang:
             argv += ["-x", lang]
         argv += [input_arg, "-o", output_arg]
@@ -3362,11 +3532,11 @@ def compile_job(body, leftovers, control):
                   "compile_ms": compile_ms}
         if family == "gcc" and proc.stderr:
             result["missing"] = missing_sources(proc.stderr, work)
-        if meta.get("save_temps"):
+        if keep:
             result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
         return pack_body(result, blobs_out)
     finally:
-        if not meta.get("save_temps"):
+        if not keep:
             leftovers.append(root)
 
 
@@ -3388,6 +3558,36 @@ def missing_sources(stderr, work):
     return sorted(names)[:MAX_EXTRA_FILES]
 
 
+def moved_map(arg, root):
+    """Return ARG, or, if it is a prefix map of an absolute path, the same
+    map of that path inside the job dir ROOT."""
+    name, _, value = arg.partition("=")
+    if name in ("-ffile-prefix-map", "-fdebug-prefix-map",
+                "-fmacro-prefix-map") and value.startswith("/"):
+        return "%s=%s%s" % (name, root, value)
+    return arg
+
+
+def sweep_job_dirs():
+    """Remove the job dirs that servers of this user left when they were
+    killed: they are named after the server's pid (DISTCC_SAVE_TEMPS dirs,
+    kept on purpose, are not)."""
+    import re
+    import shutil
+    import tempfile
+    tmp = tempfile.gettempdir()
+    for name in os.listdir(tmp):
+        m = re.match(r"distccpy-(\d+)-", name)
+        path = os.path.join(tmp, name)
+        try:
+            if m and os.lstat(path).st_uid == os.getuid():
+                os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # alive (another user's pid), or gone meanwhile
+
+
 def server_main():
     """Serve jobs on stdin/stdout until the client closes the stream."""
     import gc
@@ -3403,6 +3603,7 @@ def server_main():
     os.close(devnull)
     reader = os.fdopen(channel_in, "rb")
     writer = os.fdopen(channel_out, "wb")
+    sweep_job_dirs()
     cpus = usable_cpus()
     writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus)).encode())
     writer.flush()
@@ -3779,7 +3980,8 @@ usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
        distcc.py --version | --help
 
 Set DISTCC_HOSTS (e.g. "@buildbox/8 me@box2:/opt/bin/distcc.py") and use
-CC="distcc.py gcc".  See README.md for the environment variables.
+CC="distcc.py gcc".
+
 """
 
 
@@ -3802,6 +4004,11 @@ def main(argv=None, invoked_as=None):
     """Run the role ARGV asks for; return the exit status.  INVOKED_AS is
     the name this program was run by (a compiler's name in masquerade
     mode)."""
+    if sys.version_info < (3, 8):
+        sys.stderr.write("distcc.py: Python %d.%d is too old; run it with "
+                         "Python 3.8 or newer (DISTCC_PYTHON)\n"
+                         % sys.version_info[:2])
+        return EXIT_BAD_ARGUMENTS
     argv = sys.argv[1:] if argv is None else argv
     invoked_as = sys.argv[0] if invoked_as is None else invoked_as
     Log.verbose = os.environ.get(ENV_VERBOSE, "0") not in ("", "0")
@@ -3814,7 +4021,7 @@ def main(argv=None, invoked_as=None):
             config = Config(os.environ)
             return wrapper_main([name] + argv, config)
         if not argv or argv[0] in ("-h", "--help"):
-            sys.stdout.write(USAGE)
+            sys.stdout.write(USAGE + __doc__[__doc__.index("Environment:"):])
             return 0 if argv else EXIT_BAD_ARGUMENTS
         if argv[0] == "--version":
             sys.stdout.write("distcc.py %s (protocol %d)\n"
@@ -3831,6 +4038,9 @@ def main(argv=None, invoked_as=None):
                                  "the remote command is 'distcc.py -i'")
             return server_main()
         config = Config(os.environ)
+        if argv[0] in ("--show-hosts", "--monitor", "--stats", "--summary",
+                       "--zero-stats", "-j", "--stop"):
+            state_dir(config)       # never read, or act on, another's files
         if argv[0] == "--check":
             if len(argv) != 2:
                 raise UsageError("--check takes one host",
@@ -3870,7 +4080,8 @@ def main(argv=None, invoked_as=None):
             return 0
         if argv[0].startswith("-"):
             raise UsageError("unknown option %s" % argv[0],
-                             "see distcc.py --help")
+                             "name the compiler first (distcc.py gcc %s"
+                             " ...), or see distcc.py --help" % argv[0])
         return wrapper_main(argv, config)
     except UsageError as e:
         warn(str(e))

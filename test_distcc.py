@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -35,6 +36,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TIMEOUT = 120          # seconds any single command of a test may take
 
 HAVE_GCC = shutil.which("gcc") is not None and shutil.which("g++") is not None
+# The frame header as the module docstring specifies it, kept apart from
+# distcc.py's own code for it.
+HEADER = struct.Struct(">2sBBII")
 
 # Real-world sources: Brotli's C library from its PyPI source distribution.
 BROTLI_URL = ("https://files.pythonhosted.org/packages/2f/c2/f9e977608bdf958"
@@ -485,14 +489,14 @@ class TestFraming(unittest.TestCase):
         self.assertIsNone(distcc.read_frame(io.BytesIO(b"")))
 
     def test_bad_input(self):
-        good = distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1, 5) + b"hello"
+        good = HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1, 5) + b"hello"
         cases = [
             # input, words the error must contain
             (b"XX" + good[2:], "magic"),
             (good[:7], "expected 11 bytes, received 6"),
             (good[:-2], "expected 5 bytes, received 3"),
-            (distcc.HEADER.pack(distcc.MAGIC, 99, 0, 1, 0), "unknown frame"),
-            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
+            (HEADER.pack(distcc.MAGIC, 99, 0, 1, 0), "unknown frame"),
+            (HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
                                 distcc.MAX_FRAME + 1), "over the"),
         ]
         for data, words in cases:
@@ -563,7 +567,7 @@ def fuzz_input(rng):
         {"compiler": "gcc", "family": "gcc", "args": ["-O2"], "mode": "-c",
          "lang": None, "source": "a.c", "cwd": "/w", "env": {}},
         [zlib.compress(b"int x;\n"), zlib.compress(b"")])
-    good = distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
+    good = HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 1,
                               sum(map(len, parts))) + b"".join(parts)
     choice = rng.randrange(5)
     if choice == 0:
@@ -759,6 +763,27 @@ SCAN_CASES = [
      None),
     ("gcc -c -fdiagnostics-color=always a.c", True, "a.c", "a.o", None),
     ("gcc -c -ffile-prefix-map=/src=. a.c", True, "a.c", "a.o", None),
+    ("clang -c -target x86_64-linux-gnu a.c", True, "a.c", "a.o", None),
+    ("gcc -c -Wa,--noexecstack,--64 a.c", True, "a.c", "a.o", None),
+    ("gcc -c -frandom-seed=obj/a.o a.c", True, "a.c", "a.o", None),
+    ("clang -c -emit-llvm a.c", False, "a.c", "a.bc", "-emit-llvm is not"),
+    ("clang -S -emit-llvm a.c", False, "a.c", "a.ll", "-emit-llvm is not"),
+    # anything else is not on the allow-list the host checks too
+    ("gcc -c -v a.c", False, "a.c", "a.o", "-v is not among"),
+    ("gcc -c --for-assembler=-a a.c", False, "a.c", "a.o",
+     "--for-assembler is not among"),
+    ("gcc -c --prefix=/opt a.c", False, "a.c", "a.o", "holds '/'"),
+    ("g++ -c -fmodule-mapper=x a.cc", False, "a.cc", "a.o",
+     "-fmodule-mapper reads"),
+    ("clang -c -fpass-plugin=p.so a.c", False, "a.c", "a.o",
+     "-fpass-plugin reads"),
+    ("clang -c -mllvm -x86-asm-syntax=intel a.c", False, "a.c", "a.o",
+     "-mllvm reads"),
+    ("gcc -c --param max-inline-insns-single=@x a.c", False, "a.c", "a.o",
+     "holds '@'"),
+    ("gcc -c -Wa,--gdwarf-5 a.c", False, "a.c", "a.o",
+     "-Wa,--gdwarf-5 may make"),
+    ("gcc -c -dumpbase x a.c", False, "a.c", "a.o", "-dumpbase is not"),
 ]
 
 
@@ -998,14 +1023,15 @@ class TestSshArgv(unittest.TestCase):
 class ServerProcess:
     """distcc.py -i as a child, spoken to directly."""
 
-    def __init__(self, cpus=None, path=None):
+    def __init__(self, cpus=None, path=None, argv=None, env=None):
         """CPUS: the set of CPUs the server may run on (its affinity);
-        PATH: a directory searched for compilers before $PATH."""
-        env = dict(os.environ)
+        PATH: a directory searched for compilers before $PATH; ARGV: how
+        to reach a server (ssh, say) instead of starting one here."""
+        env = dict(os.environ, **(env or {}))
         if path:
             env["PATH"] = path + os.pathsep + env["PATH"]
         self.proc = subprocess.Popen(
-            [sys.executable, DISTCC_PY, "-i"], stdin=subprocess.PIPE,
+            argv or [sys.executable, DISTCC_PY, "-i"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
             preexec_fn=cpus and (lambda: os.sched_setaffinity(0, cpus)))
         self.timer = threading.Timer(TIMEOUT, self.proc.kill)
@@ -1242,19 +1268,165 @@ class TestServer(unittest.TestCase):
             while distcc.read_frame(out) is not None:
                 pass                      # every answer is a whole frame
 
-    def test_temp_dirs_are_removed(self):
-        before = set(os.listdir(tempfile.gettempdir()))
+    def test_temp_dirs_are_removed_and_dead_servers_swept(self):
+        tmp = tempfile.mkdtemp(prefix="distccpy-tmp-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        # A killed server's job dir, another's, and one kept on purpose.
+        for name in ("distccpy-%d-x" % dead.pid, "distccpy-%d-y" % os.getpid(),
+                     "distccpy-keep-z"):
+            os.mkdir(os.path.join(tmp, name))
+        self.server.close()
+        self.server = ServerProcess(env={"TMPDIR": tmp})
+        self.assertEqual(sorted(os.listdir(tmp)), [
+            "distccpy-%d-y" % os.getpid(), "distccpy-keep-z"])
         self.server.send(distcc.JOB, 1, job_parts(b"int v;\n"))
         self.assertEqual(self.server.receive()[0], distcc.RESULT)
         # Removed just after the answer goes out, not before it.
         deadline = time.monotonic() + 5
-        while True:
-            after = set(os.listdir(tempfile.gettempdir()))
-            left = [d for d in after - before if d.startswith("distccpy-")]
-            if not left or time.monotonic() > deadline:
-                break
+        while len(os.listdir(tmp)) > 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.assertEqual(left, [])
+        self.assertEqual(len(os.listdir(tmp)), 2)
+
+class TestHostileClient(unittest.TestCase):
+    """A client with a key restricted to `distcc.py -i` (a real sshd, the
+    authorized_keys line an admin writes) that speaks the protocol by
+    hand: whatever it sends, the server answers ERROR or keeps the effect
+    inside the job's directory.  Every attack aims at files in a canary
+    directory; afterwards nothing new is there and authorized_keys has
+    not changed."""
+
+    def setUp(self):
+        if not HAVE_GCC:
+            self.skipTest("gcc and g++ are not installed")
+        self.sshd = require_sshd(self)
+        self.canary = tempfile.mkdtemp(prefix="distccpy-canary-")
+        self.addCleanup(shutil.rmtree, self.canary, True)
+        self.keys = os.path.join(self.sshd.dir, "authorized_keys")
+        with open(self.keys, "rb") as f:
+            self.keys_before = f.read()
+        self.server = ServerProcess(argv=[
+            "ssh", "-F", self.sshd.config, "-o", "BatchMode=yes", "-T",
+            "distcc-restricted", "anything the client asks for"])
+        self.next_id = 1
+
+    def tearDown(self):
+        self.server.close()
+        with open(self.keys, "rb") as f:
+            self.assertEqual(f.read(), self.keys_before,
+                             "authorized_keys changed")
+        self.assertEqual(os.listdir(self.canary), [],
+                         "a file appeared outside the job directory")
+
+    def job(self, text=b"int f(void) { return 1; }\n", **meta):
+        """Send a JOB with META over job_parts' defaults; return the
+        answer's (kind, meta, blobs)."""
+        extra = meta.pop("extra_blobs", [])
+        base = {"compiler": "gcc", "family": "gcc", "args": ["-O2"],
+                "mode": "-c", "lang": None, "source": "t.c",
+                "cwd": "/client/dir", "env": {}, "color": False}
+        base.update(meta)
+        parts = distcc.pack_body(base, [zlib.compress(text),
+                                        zlib.compress(text)] + extra)
+        job_id, self.next_id = self.next_id, self.next_id + 1
+        self.server.send(distcc.JOB, job_id, parts)
+        frame = self.server.answer_within(TIMEOUT)
+        self.assertIsNotNone(frame)
+        kind, got_id, body = frame
+        self.assertEqual(got_id, job_id)
+        if kind == distcc.ERROR:
+            return kind, distcc.load_meta(bytes(body)), []
+        return (kind,) + distcc.unpack_body(body)
+
+    def assertRefused(self, words, **meta):
+        kind, answer, _ = self.job(**meta)
+        self.assertEqual(kind, distcc.ERROR, (meta, answer))
+        self.assertIn(words, answer["message"], meta)
+
+    def test_options_that_run_programs_or_touch_files_are_refused(self):
+        c = self.canary
+        # Built by hand from gcc --help=common,optimizers,warnings,target,
+        # c,c++ and clang --help-hidden: every option that takes a file, a
+        # directory, a plugin or a program, in its long aliases and
+        # abbreviations too, and the assembler's and linker's pass-through.
+        attacks = [
+            ["-wrapper", "sh,-c,touch %s/w" % c], ["-B" + c],
+            ["--prefix=" + c], ["--prefix", c], ["-specs=%s/s" % c],
+            ["--specs=%s/s" % c], ["-fplugin=%s/p.so" % c],
+            ["-fplugin-arg-p-x=y"], ["-fpass-plugin=p.so"],
+            ["-fmodule-mapper=|touch %s/m" % c, "-fmodule-header"],
+            ["-fmodules-ts"], ["-fmodule-file=x"], ["--param", "@opts"],
+            ["--param=max-inline-insns-single=@opts"], ["@opts"],
+            ["-Wa,@opts"], ["-Wa,--M=%s/d" % c], ["-Wa,-adhln=%s/l" % c],
+            ["--for-assembler=--M=%s/d" % c], ["-Xassembler", "-a"],
+            ["-Wl,-o,%s/x" % c], ["-Xlinker", "x"], ["--for-linker=x"],
+            ["-Wp,-MD,%s/d" % c], ["-Xpreprocessor", "-MD"],
+            ["-Xclang", "-load"], ["-mllvm", "-stats"],
+            ["-o", "%s/o" % c], ["-save-temps"], ["-save-temps=obj"],
+            ["-fdump-tree-all"], ["-fdump-final-insns=%s/f" % c],
+            ["-fcallgraph-info=su"], ["-fstack-usage"],
+            ["-fprofile-generate=%s" % c], ["-fprofile-use=p"],
+            ["-fprofile-dir=x"], ["-fauto-profile=p"],
+            ["-fsave-optimization-record"], ["-fopt-info-all=%s/o" % c],
+            ["-fopt-info=o.txt"], ["-ftime-trace"], ["-fpre-include=x.h"],
+            ["-fself-test=x"], ["-fcompare-debug"],
+            ["-fdiagnostics-format=sarif-file"],
+            ["-fsanitize-ignorelist=x"], ["-fsanitize-blacklist=x"],
+            ["-fxray-attr-list=x"], ["-fcrash-diagnostics-dir=x"],
+            ["-fbasic-block-sections=list=x"], ["-frewrite-map-file=x"],
+            ["-fbuild-session-file=x"], ["-gen-cdb-fragment-path", "x"],
+            ["-module-dependency-dir", "x"], ["-I", c], ["-include", "x"],
+            ["-iplugindir=" + c], ["-dumpdir", c + "/"], ["-dumpbase", "x"],
+            ["-M"], ["-MD"], ["-E"], ["-S"], ["-c"], ["-x", "c"],
+            ["-v"], ["-###"], [c], ["-O2\0-B/x"], ["-fsanitize=a b"],
+        ]
+        for args in attacks:
+            self.assertRefused("refused option", args=args)
+        # The control: options that only change code generation compile.
+        kind, meta, _ = self.job(args=["-O2", "-g", "-Wall", "-fPIC",
+                                       "-std=gnu11", "--param=max-inline-"
+                                       "insns-single=100",
+                                       "-ffile-prefix-map=/a=."])
+        self.assertEqual((kind, meta["status"]), (distcc.RESULT, 0))
+
+    def test_names_stay_in_the_job_dir(self):
+        c = self.canary
+        escape = "../" * 12 + c.lstrip("/") + "/escaped.o"
+        for meta in ({"output": escape}, {"output": c + "/abs.o"},
+                     {"output": "@opts"}, {"output": "-wrapper"},
+                     {"source": escape[:-1] + "c", "output": "x.o"},
+                     {"source": "@opts", "family": "clang",
+                      "compiler": "clang", "lang": "c", "output": "y.o"},
+                     {"cwd": "/a/../../" + c.lstrip("/"),
+                      "output": "cwd.o"}):
+            if meta.get("compiler") == "clang" and not shutil.which("clang"):
+                continue
+            kind, answer, blobs = self.job(**meta)
+            if kind == distcc.RESULT:     # compiled, to a name of the host's
+                self.assertEqual(answer["status"], 0, bytes(blobs[1]))
+            else:
+                self.assertIn("job directory", answer["message"], meta)
+        # Extra files land inside the job dir whatever they are called.
+        kind, answer, _ = self.job(extra=[escape[:-1] + "h"],
+                                   extra_blobs=[zlib.compress(b"x")])
+        self.assertIn(kind, (distcc.RESULT, distcc.ERROR))
+
+    def test_locale_values_and_bombs_are_refused(self):
+        for env in ({"LANGUAGE": "../../../tmp/x"}, {"LANG": "/etc"},
+                    {"LC_ALL": "C\n"}, {"GCC_COLORS": "$(touch x)"},
+                    {"PATH": "/tmp"}, {"LD_PRELOAD": "x.so"}):
+            self.assertRefused("", env=env)
+        self.assertRefused("extra files", extra=["h%d" % i for i in
+                                                 range(40)],
+                           extra_blobs=[zlib.compress(b"")] * 40)
+        bomb = zlib.compress(bytes(64 << 20), 9)      # 64 MiB of zeros
+        self.assertRefused("over", extra=["bomb.h"], extra_blobs=[bomb])
+        # DISTCC_SAVE_TEMPS asked by the client alone keeps nothing.
+        kind, answer, _ = self.job(save_temps=True)
+        self.assertEqual(kind, distcc.RESULT)
+        self.assertNotIn("temps", answer)
+
 
 # ---------------------------------------------------------------------------
 # Job state and statistics: the files --monitor and --stats read, without
@@ -1380,19 +1552,49 @@ class TestJobState(unittest.TestCase):
 # Relay and wrapper, end to end over the real sshd
 
 
+def hiding_command():
+    """The command that runs a host's server where it cannot see the
+    client's files: in a mount namespace of its own (a user namespace too
+    where we are not root), in which an empty tmpfs covers each directory
+    it is given.  None where this system cannot make one."""
+    for argv in (["unshare", "-m"], ["unshare", "-rm"]):
+        r = run(argv + ["sh", "-c", "mount -t tmpfs none /mnt"])
+        if r.returncode == 0:
+            return argv
+    return None
+
+
+HIDING = []                # [the command, or None], found on first use
+
+
 class EndToEnd(unittest.TestCase):
-    """Each test gets a work dir, a DISTCC_DIR and the shared sshd."""
+    """Each test gets a work dir (the client's files), a DISTCC_DIR, the
+    shared sshd and a host dir (its scripts and TMPDIR).  The host cannot
+    see the client's files: its server runs where the work dir and the
+    downloaded sources are empty (see host_script)."""
 
     def setUp(self):
         if not HAVE_GCC:
             self.skipTest("gcc and g++ are not installed")
         self.sshd = require_sshd(self)
+        if not HIDING:
+            HIDING.append(hiding_command())
+        if HIDING[0] is None:
+            if IN_CI:
+                self.fail("cannot hide the client's files from the test "
+                          "host: unshare -m fails")
+            self.skipTest("unshare -m fails here: the test host would see "
+                          "the client's files")
         self.work = tempfile.mkdtemp(prefix="distccpy-test-")
+        self.host_dir = tempfile.mkdtemp(prefix="distccpy-host-")
+        self.host_tmp = os.path.join(self.host_dir, "tmp")
+        os.mkdir(self.host_tmp)
         self.distcc_dir = os.path.join(self.work, ".distcc")
         self.log = os.path.join(self.work, "distcc.log")
+        self.default_host = self.host_script("host", "")
         self.env = env_without_distcc(
             DISTCC_DIR=self.distcc_dir,
-            DISTCC_HOSTS=self.sshd.host(),
+            DISTCC_HOSTS=self.default_host,
             DISTCC_SSH=self.sshd.ssh_command(),
             DISTCC_FALLBACK="0",
             DISTCC_LOG=self.log,
@@ -1405,6 +1607,7 @@ class EndToEnd(unittest.TestCase):
         self.stop_ssh_masters()
         reap_orphans()
         shutil.rmtree(self.work, ignore_errors=True)
+        shutil.rmtree(self.host_dir, ignore_errors=True)
 
     def relay_pids(self):
         """The pids in the lockfiles of the relays."""
@@ -1443,12 +1646,42 @@ class EndToEnd(unittest.TestCase):
         return run([sys.executable, DISTCC_PY] + argv, env=env or self.env,
                    cwd=cwd or self.work)
 
-    def host_script(self, name, body, limit=""):
-        """A remote command: BODY (sh) then exec the server; return its
-        DISTCC_HOSTS entry, with LIMIT (e.g. "/2")."""
-        script = self.write(name + ".sh", "#!/bin/sh\n%s\nexec %s %s -i\n"
-                            % (body, sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
+    def server_pids(self):
+        """The pids of this test's servers (their TMPDIR is its own)."""
+        found = []
+        for pid in all_pids():
+            try:
+                with open("/proc/%d/environ" % pid, "rb") as f:
+                    env = f.read().split(b"\0")
+            except OSError:
+                continue
+            if cmdline(pid)[-2:] == [DISTCC_PY, "-i"] and \
+                    os.fsencode("TMPDIR=" + self.host_tmp) in env:
+                found.append(pid)
+        return found
+
+    def host_file(self, rel, text, mode=0o755):
+        """Write TEXT to REL in the host's dir; return its path."""
+        path = os.path.join(self.host_dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+        return path
+
+    def host_script(self, name, body, limit="", server=None):
+        """A remote command in the host's dir: BODY (sh), then SERVER (by
+        default distcc.py -i) with TMPDIR in the host's dir, in a mount
+        namespace where the work dir and the downloaded sources are empty
+        tmpfs.  Returns its DISTCC_HOSTS entry, with LIMIT (e.g. "/2")."""
+        server = server or "%s %s -i" % (sys.executable, DISTCC_PY)
+        hidden = [self.work] + [d for d in (CACHE_DIR,) if os.path.isdir(d)]
+        script = self.host_file(name + ".sh", (
+            "#!/bin/sh\nTMPDIR=%s; export TMPDIR\n%s\nexec %s sh -c "
+            "'for d; do [ \"$d\" = -- ] && break; mount -t tmpfs -o size=1m "
+            "none \"$d\" || exit 99; shift; done; shift; exec \"$@\"' sh %s "
+            "-- %s\n") % (self.host_tmp, body, " ".join(HIDING[0]),
+                         " ".join(hidden), server))
         return "@distcc-test%s:%s" % (limit, script)
 
     def host_with_gcc(self, name, body, limit="", version=None):
@@ -1456,9 +1689,8 @@ class EndToEnd(unittest.TestCase):
         check) runs VERSION, by default the real gcc.  Returns the host's
         DISTCC_HOSTS entry."""
         version = version or 'exec %s "$@"' % shutil.which("gcc")
-        gcc = self.write(name + "-bin/gcc", "#!/bin/sh\ncase \" $* \" in "
-                         "*\" -v \"*) %s;; esac\n%s\n" % (version, body))
-        os.chmod(gcc, 0o755)
+        gcc = self.host_file(name + "-bin/gcc", "#!/bin/sh\ncase \" $* \" "
+                             "in *\" -v \"*) %s;; esac\n%s\n" % (version, body))
         return self.host_script(name, "PATH=%s:$PATH; export PATH"
                                 % os.path.dirname(gcc), limit)
 
@@ -1631,8 +1863,7 @@ class TestRelay(EndToEnd):
         self.env.update(DISTCC_IO_TIMEOUT="2", DISTCC_FALLBACK="1")
         r = self.distcc(["gcc", "-c", "st/slow.c", "-o", "st/warm.o"])
         self.assertEqual(r.returncode, 0, r.stderr)
-        servers = [pid for pid in all_pids()
-                   if cmdline(pid)[-2:] == [DISTCC_PY, "-i"]]
+        servers = self.server_pids()
         self.assertEqual(len(servers), 1, "one server process")
         p = subprocess.Popen(
             [sys.executable, DISTCC_PY, "gcc", "-c", "st/slow.c", "-o",
@@ -1654,7 +1885,7 @@ class TestRelay(EndToEnd):
         # The host's gcc blocks forever, using no CPU: its heartbeat says
         # so, and after DISTCC_IO_TIMEOUT the job compiles here; the
         # host's compiler is killed.
-        pidfile = os.path.join(self.work, "stuck.pid")
+        pidfile = os.path.join(self.host_dir, "stuck.pid")
         host = self.host_with_gcc("stuck", "echo $$ > %s; exec sleep 600"
                                   % pidfile)
         self.write("st/a.c", C_SOURCE)
@@ -1688,6 +1919,21 @@ class TestRelay(EndToEnd):
         r = self.distcc(["gcc", "-c", "st/b.c", "-o", "st/b.o"], env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("compiled on distcc-test", self.trace())
+
+    def test_the_host_cannot_read_the_clients_files(self):
+        # The honesty of every end-to-end test: whatever the route forgets
+        # to send, the host cannot find on its own.
+        seen = os.path.join(self.host_dir, "seen")
+        secret = self.write("hid/secret.h", "#define SECRET 42\n")
+        host = self.host_with_gcc("peek", "cat %s > %s 2>&1\nexec %s \"$@\""
+                                  % (secret, seen, shutil.which("gcc")))
+        self.write("hid/a.c", '#include "secret.h"\nint a = SECRET;\n')
+        r = self.distcc(["gcc", "-c", "hid/a.c", "-o", "hid/a.o"],
+                        env=dict(self.env, DISTCC_HOSTS=host))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-test", self.trace())
+        with open(seen, "rb") as f:
+            self.assertIn(b"No such file", f.read())
 
     def test_a_job_after_a_pause_compiles_remotely(self):
         # A pause twice DISTCC_IO_TIMEOUT long between two jobs of one
@@ -1808,6 +2054,24 @@ class TestWrapper(EndToEnd):
             r"(?m)^import time: +\d+ \| +\d+ \| +(\S+)$",
             first.stderr.decode())))
 
+    def test_outputs_that_are_not_new_regular_files_are_gccs(self):
+        self.write("src/same.c", "int s;\n")
+        argv = ["gcc", "-c", "src/same.c", "-o", "src/same.c"]
+        r, local = self.distcc(argv), self.local(argv)
+        self.assertEqual((r.returncode, r.stderr),
+                         (local.returncode, local.stderr))
+        self.assertIn(b"same as output", r.stderr)
+        self.assertEqual(self.read("src/same.c"), b"int s;\n")
+        if os.getuid() != 0:
+            return                   # mknod of a device needs root
+        null = os.path.join(self.work, "null")
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        r = self.distcc(["gcc", "-c", "src/same.c", "-o", "null"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertTrue(stat.S_ISCHR(os.stat(null).st_mode),
+                        "the device node was replaced")
+        self.assertIn("is not a regular file", self.trace())
+
     def test_pedantic_never_hangs_and_matches_local(self):
         self.write("src/p.c", "int empty[0];\nint f(void) { return 0; }\n")
         for flag in ("-pedantic", "-Wpedantic", "-pedantic-errors"):
@@ -1857,6 +2121,12 @@ class TestWrapper(EndToEnd):
             # C++ at -O2 gets a random DWO id even locally; -O0 is stable.
             ["-O0", "-g", "-gsplit-dwarf"],
             ["-O2", "-DNAME=value", "-Isrc", "-include", "src/local.h"],
+            # dpkg-buildflags' CFLAGS (the map names the source tree),
+            # and a debug map of the work dir as another build writes it.
+            ["-g", "-O2", "-ffile-prefix-map=%s=." % self.work,
+             "-fstack-protector-strong", "-Wformat",
+             "-Werror=format-security"],
+            ["-O1", "-g", "-fdebug-prefix-map=%s=/build" % self.work],
         ]
         compilers = [("gcc", "src/a.c"), ("g++", "src/c.cc")]
         if shutil.which("clang") and shutil.which("clang++"):
@@ -2033,7 +2303,7 @@ class TestWrapper(EndToEnd):
         del env["DISTCC_HOSTS"]
         os.makedirs(self.distcc_dir, mode=0o700)
         with open(os.path.join(self.distcc_dir, "hosts"), "w") as f:
-            f.write("# build hosts\n%s\n" % self.sshd.host())
+            f.write("# build hosts\n%s\n" % self.default_host)
         r = self.distcc(["gcc", "-c", "src/a.c", "-o", "obj/a.o"], env=env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("compiled on distcc-test", self.trace())
@@ -2045,25 +2315,18 @@ class TestManyHosts(EndToEnd):
     SLOW = "static const int t[] = {%s};\nint get%%d(int i){return t[i];}\n" \
         % ",".join(str(i * 7 % 13) for i in range(40000))
 
-    def server_script(self, name, real):
-        """Write a remote command that runs the server with a logging gcc
-        first on PATH; return (DISTCC_HOSTS command path, log path)."""
-        bindir = os.path.join(self.work, name + "-bin")
-        log = os.path.join(self.work, name + ".gcc-log")
-        self.write(name + "-bin/gcc", """#!/bin/sh
-case " $* " in *" -v "*) exec %s "$@";; esac
+    def server_script(self, name, real, limit=""):
+        """A host whose gcc is REAL, logging each compile's start and end;
+        return (its DISTCC_HOSTS entry, the log's path)."""
+        log = os.path.join(self.host_dir, name + ".gcc-log")
+        host = self.host_with_gcc(name, """
 echo "start $$" >> %s
 %s "$@"
 rc=$?
 echo "end $$" >> %s
 exit $rc
-""" % (real, log, real, log))
-        os.chmod(os.path.join(bindir, "gcc"), 0o755)
-        script = self.write(name + ".sh", "#!/bin/sh\nPATH=%s:$PATH\n"
-                            "export PATH\nexec %s %s -i\n"
-                            % (bindir, sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
-        return script, log
+""" % (log, real, log), limit=limit, version='exec %s "$@"' % real)
+        return host, log
 
     def make(self, n, env, jobs=8):
         names = ["s%d" % i for i in range(n)]
@@ -2092,7 +2355,7 @@ exit $rc
                    "exit $rc\n" % (log, real, log))
         os.chmod(os.path.join(self.work, "lbin/gcc"), 0o755)
         self.write("ls/a.c", "int a;\n")
-        env = dict(self.env, DISTCC_HOSTS="--localslots=1 " + self.sshd.host())
+        env = dict(self.env, DISTCC_HOSTS="--localslots=1 " + self.default_host)
         procs = [subprocess.Popen(
             [sys.executable, DISTCC_PY, os.path.join(self.work, "lbin/gcc"),
              "-E", "ls/a.c", "-o", "ls/a%d.i" % i], cwd=self.work, env=env,
@@ -2106,7 +2369,7 @@ exit $rc
 
     def test_dead_host_first_is_tried_a_bounded_number_of_times(self):
         env = dict(self.env, DISTCC_HOSTS="%s %s" % (
-            self.sshd.host("distcc-dead"), self.sshd.host()))
+            self.sshd.host("distcc-dead"), self.default_host))
         self.make(10, env)
         connects = self.trace().count("connecting: ")
         dead = len(re.findall(r"connecting: .* distcc-dead ", self.trace()))
@@ -2117,8 +2380,8 @@ exit $rc
         self.assertEqual(self.trace().count("compiled on distcc-test"), 10)
 
     def test_limit_one_is_never_exceeded(self):
-        script, log = self.server_script("one", "/usr/bin/gcc")
-        env = dict(self.env, DISTCC_HOSTS="@distcc-test/1:%s" % script)
+        host, log = self.server_script("one", "/usr/bin/gcc", limit="/1")
+        env = dict(self.env, DISTCC_HOSTS=host)
         self.make(6, env)
         depth = peak = starts = 0
         with open(log) as f:
@@ -2132,9 +2395,8 @@ exit $rc
     def test_host_with_another_compiler_gets_no_job(self):
         if not shutil.which("clang"):
             self.skipTest("clang is not installed")
-        script, log = self.server_script("other", shutil.which("clang"))
-        env = dict(self.env, DISTCC_HOSTS="@distcc-test:%s %s" % (
-            script, self.sshd.host()))
+        host, log = self.server_script("other", shutil.which("clang"))
+        env = dict(self.env, DISTCC_HOSTS="%s %s" % (host, self.default_host))
         self.make(4, env, jobs=4)
         self.assertFalse(os.path.exists(log), "the clang host got a job")
         self.assertIn("differs from the local one", self.trace())
@@ -2170,19 +2432,16 @@ class TestTakeBack(EndToEnd):
         # queues behind it.  The test holds the localhost slot until both
         # are on the host.
         real = shutil.which("gcc")
-        log = os.path.join(self.work, "host-gcc.log")
-        gcc = self.write("slow-bin/gcc", '#!/bin/sh\ncase " $* " in *" -v "*)'
-                         ' exec %s "$@";; esac\necho "$*" >> %s\nsleep 3\n'
-                         'exec %s "$@"\n' % (real, log, real))
-        os.chmod(gcc, 0o755)
-        script = self.write("pinned.sh", "#!/bin/sh\nPATH=%s:$PATH\n"
-                            "export PATH\nexec taskset -c %d %s %s -i\n" % (
-                                os.path.dirname(gcc),
-                                min(os.sched_getaffinity(0)),
-                                sys.executable, DISTCC_PY))
-        os.chmod(script, 0o755)
-        env = dict(self.env, DISTCC_HOSTS="@distcc-test/2:%s localhost/1"
-                   % script)
+        log = os.path.join(self.host_dir, "host-gcc.log")
+        gcc = self.host_file("slow-bin/gcc", '#!/bin/sh\ncase " $* " in '
+                             '*" -v "*) exec %s "$@";; esac\necho "$*" >> %s\n'
+                             'sleep 3\nexec %s "$@"\n' % (real, log, real))
+        host = self.host_script("pinned", "PATH=%s:$PATH; export PATH"
+                                % os.path.dirname(gcc), limit="/2",
+                                server="taskset -c %d %s %s -i" % (
+                                    min(os.sched_getaffinity(0)),
+                                    sys.executable, DISTCC_PY))
+        env = dict(self.env, DISTCC_HOSTS=host + " localhost/1")
         slots = os.path.join(self.distcc_dir, "slots")
         os.makedirs(slots, mode=0o700, exist_ok=True)
         held = distcc.try_slot(slots, distcc.parse_host("localhost/1").key()
@@ -2304,11 +2563,8 @@ class TestFaults(EndToEnd):
                 any(self.distcc_dir in a for a in cmdline(p))]
         self.assertLessEqual(len(sshs), len(relays), [cmdline(p)
                                                       for p in sshs])
-        jobs = [d for d in os.listdir(tempfile.gettempdir())
-                if d.startswith("distccpy-") and not d.startswith(
-                    ("distccpy-test-", "distccpy-sshd-", "distccpy-bench-",
-                     "distccpy-check-"))]
-        self.assertEqual(jobs, [], "job dirs left on the host")
+        self.assertEqual(os.listdir(self.host_tmp), [],
+                         "job dirs left on the host")
 
     def assertObjectGood(self, name):
         want = run(["gcc", "-O1", "-c", "f/%s.c" % name, "-o", "f/want.o"],
@@ -2348,7 +2604,7 @@ class TestFaults(EndToEnd):
     def test_host_out_of_temp_space(self):
         if os.getuid() != 0:
             self.skipTest("mounting a small tmpfs needs root")
-        small = os.path.join(self.work, "small")
+        small = os.path.join(self.host_dir, "small")
         os.mkdir(small)
         r = run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", small])
         if r.returncode:
@@ -2388,13 +2644,13 @@ class TestFaults(EndToEnd):
                    for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
         cases = [
             (b"GET / HTTP/1.0\r\n\r\n", "magic"),
-            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0,
+            (HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0,
                                 distcc.MAX_FRAME + 1), "over the"),
-            (distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 100) + b"x",
+            (HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 100) + b"x",
              "expected 100 bytes"),
-            (distcc.HEADER.pack(distcc.MAGIC, distcc.RESULT, 0, 0, 0),
+            (HEADER.pack(distcc.MAGIC, distcc.RESULT, 0, 0, 0),
              "expected a JOB"),
-            (b"".join([distcc.HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 3),
+            (b"".join([HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 3),
                        b"abc"]), "metadata"),
         ]
         for data, words in cases:
@@ -2544,6 +2800,121 @@ class TestFaults(EndToEnd):
         sys.stderr.write("(%d kills) " % kills)
 
 
+FAKE_HOST = r"""
+import os, shutil, sys, time, zlib
+sys.path.insert(0, %(here)r)
+import distcc
+mode, log = %(mode)r, %(log)r
+out, inp = sys.stdout.buffer, sys.stdin.buffer
+out.write(b"DISTCC.PY %%d 0.4.0 cpus=100000\n" %% distcc.PROTOCOL)
+out.flush()
+gcc = distcc.compiler_identity(shutil.which("gcc"))
+while True:
+    frame = distcc.read_frame(inp)
+    if frame is None:
+        break
+    kind, job_id, body = frame
+    if kind == distcc.QUERY:
+        distcc.write_frame(out, distcc.IDENTITY, job_id, distcc.pack_body(
+            {"compiler": "gcc", "identity": gcc}))
+        continue
+    if kind != distcc.JOB:
+        continue
+    meta, blobs = distcc.unpack_body(body)
+    with open(log, "a") as f:
+        f.write(repr(meta.get("extra")) + "\n")
+    if mode == "progress":
+        for i in range(600):
+            distcc.write_frame(out, distcc.PROGRESS, job_id, distcc.dump_meta(
+                {"state": "compile", "cpu": float(i)}))
+            time.sleep(0.5)
+        continue
+    left = []
+    result, got = distcc.unpack_body(b"".join(
+        distcc.compile_job(body, left, distcc.JobControl())))
+    for d in left:
+        shutil.rmtree(d)
+    got = [bytes(b) for b in got]
+    if mode == "stderr":
+        got[1] = b"\x1b]0;pwned\x07\x1b[2Jwarning \x1b[01;31m!\x1b[m\n"
+    if mode == "dwo":
+        result["outputs"].insert(0, {"name": "dwo", "raw": 3})
+        got.insert(2, zlib.compress(b"dwo"))
+    if mode == "missing" and not meta.get("extra"):
+        result["missing"] = ["../secret.h", "/etc/passwd", "src/real.h",
+                             "src/other.h"]
+    distcc.write_frame(out, distcc.RESULT, job_id,
+                       distcc.pack_body(result, got))
+"""
+
+
+class TestHostileHost(EndToEnd):
+    """A host that answers as it likes (a fake server speaking the
+    protocol): the client trusts nothing it says."""
+
+    def fake(self, mode):
+        """Point DISTCC_HOSTS at a fake server in MODE; return its log of
+        the extra files each job brought."""
+        log = os.path.join(self.host_dir, "fake-%s.log" % mode)
+        script = self.host_file("fake-%s.py" % mode, FAKE_HOST % {
+            "here": HERE, "mode": mode, "log": log})
+        self.env.update(DISTCC_HOSTS=self.host_script(
+            "fake-" + mode, "", server="%s %s" % (sys.executable, script)),
+            DISTCC_FALLBACK="1")
+        return log
+
+    def compile(self, text='#include "real.h"\nint f(void) { return R; }\n'):
+        self.write("sub/src/a.c", text)
+        self.write("sub/src/real.h", "#define R 1\n")
+        self.write("sub/src/other.h", "secret other\n")
+        self.write("secret.h", "secret\n")
+        argv = ["gcc", "-O2", "-c", "src/a.c", "-o", "a.o"]
+        cwd = os.path.join(self.work, "sub")
+        r = run([sys.executable, DISTCC_PY] + argv, env=self.env, cwd=cwd)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        got = self.read("sub/a.o")
+        run(argv, cwd=cwd)
+        self.assertEqual(self.read("sub/a.o"), got)
+        return r
+
+    def test_its_output_reaches_the_terminal_with_colours_only(self):
+        self.fake("stderr")
+        r = self.compile()
+        self.assertIn(b"?]0;pwned??[2Jwarning \x1b[01;31m!\x1b[m\n",
+                      r.stderr)
+
+    def test_it_cannot_add_a_dwo_nobody_asked_for(self):
+        self.fake("dwo")
+        r = self.compile()
+        self.assertIn(b"protocol: distcc-test: RESULT has outputs", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.work, "sub/a.dwo")))
+
+    def test_it_gets_only_headers_the_job_included(self):
+        log = self.fake("missing")
+        self.compile()
+        with open(log) as f:
+            self.assertEqual(f.read().splitlines(),
+                             ["None", "['src/real.h']"])
+
+    def test_its_cpu_count_is_bounded(self):
+        self.fake("stderr")
+        self.compile()
+        r = self.distcc(["-j"])
+        self.assertEqual(r.stdout.strip(), b"%d" % (distcc.MAX_HOST_CPUS + 1))
+        self.compile()
+        slots = [n for n in os.listdir(os.path.join(self.distcc_dir, "slots"))
+                 if n.startswith("distcc-test-")]
+        self.assertEqual(len(slots), distcc.MAX_HOST_CPUS + 1)
+
+    def test_heartbeats_alone_do_not_hold_a_job(self):
+        self.fake("progress")
+        self.env["DISTCC_JOB_TIMEOUT"] = "3"
+        started = time.monotonic()
+        r = self.compile()
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertIn(b"no answer in 3 s", r.stderr)
+
+
 class TestIntegrations(EndToEnd):
     """The ways builds call a compiler: make, CMake launchers, ccache,
     masquerade links, configure."""
@@ -2638,11 +3009,21 @@ class TestIntegrations(EndToEnd):
         self.assertEqual(stats["fallback_reasons"],
                          {"transport fault on distcc-dead": 2})
 
+        # The host keeps its job's files only if its own environment asks
+        # too: a client cannot fill a host's disk with them.
         tmp = os.path.join(self.work, "tmp")
         os.mkdir(tmp)
+        save = dict(self.env, DISTCC_SAVE_TEMPS="1", TMPDIR=tmp)
         r = self.distcc(["gcc", "-c", "proj/f1.c", "-o", "proj/f1.o"],
-                        env=dict(self.env, DISTCC_SAVE_TEMPS="1",
-                                 TMPDIR=tmp))
+                        env=save)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn(b"kept in distcc-test", r.stderr)
+        self.assertEqual(os.listdir(self.host_tmp), [])
+        os.unlink(os.path.join(tmp, os.listdir(tmp)[0]))
+        save["DISTCC_HOSTS"] = self.host_script(
+            "saving", "DISTCC_SAVE_TEMPS=1; export DISTCC_SAVE_TEMPS")
+        r = self.distcc(["gcc", "-c", "proj/f1.c", "-o", "proj/f1.o"],
+                        env=save)
         self.assertEqual(r.returncode, 0, r.stderr)
         err = r.stderr.decode()
         (kept,) = os.listdir(tmp)
@@ -2861,7 +3242,13 @@ class TestMain(unittest.TestCase):
                          % (distcc.VERSION, distcc.PROTOCOL))
         r = run([sys.executable, DISTCC_PY, "--help"])
         self.assertEqual(r.returncode, 0)
-        self.assertLess(len(r.stdout.decode().splitlines()), 25)
+        # Every variable is named in --help, the one file a user has.
+        names = set(re.findall(r"\bENV_\w+ = \"(DISTCC_\w+)\"",
+                               open(DISTCC_PY).read()))
+        self.assertGreater(len(names), 10)
+        for name in names:
+            self.assertIn(name, r.stdout.decode())
+        self.assertNotIn("README", r.stdout.decode())
 
     def test_bad_configuration_is_one_line(self):
         cases = [
@@ -2903,6 +3290,16 @@ class TestMain(unittest.TestCase):
         r = run([sys.executable, DISTCC_PY, "--frobnicate"])
         self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
         self.assertIn("unknown option --frobnicate", r.stderr.decode())
+        r = run([sys.executable, DISTCC_PY, "-O2", "-c", "x.c"])
+        self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
+        self.assertIn("name the compiler first (distcc.py gcc -O2 ...)",
+                      r.stderr.decode())
+        # distcc's "no backoff" is accepted; a negative period is not.
+        for value, status in (("0", 0), ("-1", distcc.EXIT_BAD_ARGUMENTS)):
+            r = run([sys.executable, DISTCC_PY, "--show-hosts"],
+                    env=env_without_distcc(DISTCC_HOSTS="localhost",
+                                           DISTCC_BACKOFF_PERIOD=value))
+            self.assertEqual(r.returncode, status, r.stderr)
         with tempfile.TemporaryDirectory() as d:
             env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"))
             r = run([sys.executable, DISTCC_PY, "no-such-cc-1", "-c", "x.c"],
