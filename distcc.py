@@ -179,7 +179,8 @@ FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
 
 # What a forwarded variable may hold: a locale (C, POSIX, ll_CC.charset@mod,
 # a colon list for LANGUAGE) or GCC_COLORS's list; never a path.
-LOCALE_PATTERN = r"(C|POSIX|[a-z]{2,3}(_[A-Z]{2})?)(\.[A-Za-z0-9-]+)?(@[a-z]+)?"
+LOCALE_PATTERN = (r"(C|POSIX|[a-z]{2,3}(_[A-Z]{2})?)(\.[A-Za-z0-9-]+)?"
+                  r"(@[a-z]+)?")
 ENV_PATTERNS = {"LANGUAGE": "%s(:%s)*" % (LOCALE_PATTERN, LOCALE_PATTERN),
                 "GCC_COLORS": r"([a-z-]+=[0-9;]*(:[a-z-]+=[0-9;]*)*)?"}
 
@@ -189,21 +190,16 @@ EXIT_BAD_ARGUMENTS = 101             # usage or configuration error
 # ---------------------------------------------------------------------------
 # Errors & logging
 #
-# One exception class per failure class, each with its kind: the word an
-# ERROR frame carries, the stats record and the message start with.  Main
-# dispatch maps them to exit codes.  warn() always prints; trace() prints
-# only when DISTCC_VERBOSE is set.  Both go to DISTCC_LOG when it is set.
+# One exception class per failure; its kind names it in ERROR frames and stats.
 
 
 class DistccError(Exception):
     """Base of every error distcc.py raises on purpose."""
-
     kind = "error"
 
     def __init__(self, detail, hint=""):
         Exception.__init__(self, detail)
-        self.detail = detail
-        self.hint = hint
+        self.detail, self.hint = detail, hint
 
     def __str__(self):
         text = "%s: %s" % (self.kind, self.detail)
@@ -212,14 +208,11 @@ class DistccError(Exception):
 
 class UsageError(DistccError):
     """Bad arguments or configuration: the build cannot go on."""
-
     kind = "usage"
 
 
 class LocalOnly(DistccError):
-    """The compile cannot be distributed; carries the reason.  Not a
-    failure."""
-
+    """The compile cannot be distributed (not a failure); carries why."""
     kind = "local"
 
     def __init__(self, reason, job=None):
@@ -232,25 +225,21 @@ class LocalOnly(DistccError):
 
 class TransportError(DistccError):
     """ssh, the relay or the host is unreachable or died."""
-
     kind = "transport"
 
 
 class RelayLost(TransportError):
     """The local relay died or vanished; the host itself may be fine."""
-
     kind = "relay"
 
 
 class ProtocolError(DistccError):
     """Bad magic, a short or oversized frame, or a bad banner."""
-
     kind = "protocol"
 
 
 class Rejected(DistccError):
     """The host refused the job (say, a compiler it does not have)."""
-
     kind = "rejected"
 
 
@@ -260,10 +249,7 @@ ERROR_KINDS = {c.kind: c for c in (TransportError, RelayLost, ProtocolError,
 
 class Log:
     """Where warnings and the trace go; set once by main dispatch."""
-
-    role = "wrapper"
-    verbose = False
-    path = None
+    role, verbose, path = "wrapper", False, None
 
 
 def _emit(line, to_stderr):
@@ -283,14 +269,12 @@ def _emit(line, to_stderr):
 
 def warn(message):
     """Print 'distcc.py: MESSAGE' to stderr (and DISTCC_LOG)."""
-    prefix = "distcc.py: " if Log.role == "wrapper" else \
-        "distcc.py: %s: " % Log.role
-    _emit(prefix + message, True)
+    role = "" if Log.role == "wrapper" else Log.role + ": "
+    _emit("distcc.py: " + role + message, True)
 
 
 def trace(message):
-    """Log a trace line when DISTCC_VERBOSE is set (to DISTCC_LOG if set,
-    else stderr)."""
+    """Log MESSAGE when DISTCC_VERBOSE is set (to DISTCC_LOG, else stderr)."""
     if Log.verbose:
         _emit("distcc.py[%d] %s: %s" % (os.getpid(), Log.role, message),
               not Log.path)
@@ -300,37 +284,25 @@ def describe_exit(status, program):
     """Say in words what an exit status of PROGRAM means."""
     if status < 0:
         import signal
-        try:
-            name = signal.Signals(-status).name
-        except ValueError:
-            name = "signal %d" % -status
-        return "%s was killed by %s" % (program, name)
+        name = {s.value: s.name for s in signal.Signals}.get(-status)
+        return "%s was killed by %s" % (program, name or "signal %d" % -status)
     if program == "ssh" and status == 255:
         return "ssh failed (exit 255: connection or authentication)"
-    if status == 127:
-        return "%s: remote command not found (exit 127)" % program
-    if status == 126:
-        return "%s: remote command is not executable (exit 126)" % program
+    what = {126: "is not executable", 127: "not found"}.get(status)
+    if what:
+        return "%s: remote command %s (exit %d)" % (program, what, status)
     return "%s exited with status %d" % (program, status)
-
 # ---------------------------------------------------------------------------
 # Framing
 #
-# Reading and writing frames on any binary file object, and packing the
-# metadata-plus-blobs bodies.  Knows nothing about jobs.
-#
-# Metadata is JSON on the ssh leg, where a host parses whatever a client
-# sends, and marshal on the relay's socket, which only this user's
-# processes can reach (SO_PEERCRED): the wrapper then never imports json,
-# which would cost it 8 ms per compile.
+# Frames on any binary file, and metadata-plus-blobs bodies.  Metadata is
+# JSON on the ssh leg (the host trusts no client) and marshal on the relay's
+# user-only socket (SO_PEERCRED): the wrapper never pays json's 8 ms.
 
 
 def read_exactly(f, n):
-    """Read exactly N bytes from F, a megabyte at a time: a header's claim
-    allocates nothing before the bytes arrive.
-
-    Raises ProtocolError on EOF before N bytes (naming both counts)."""
-    buf = bytearray()
+    """Read exactly N bytes from F, or raise ProtocolError at EOF."""
+    buf = bytearray()  # by the megabyte: a header's claim allocates nothing
     while len(buf) < n:
         chunk = f.read(min(n - len(buf), 1 << 20))
         if not chunk:
@@ -341,9 +313,7 @@ def read_exactly(f, n):
 
 
 def read_frame(f):
-    """Read one frame; return (type, job_id, body) or None on a clean EOF.
-
-    Raises ProtocolError on bad magic, an oversized length or a short read."""
+    """Read one frame: (type, job_id, body), or None on a clean EOF."""
     first = f.read(1)
     if not first:
         return None
@@ -351,7 +321,8 @@ def read_frame(f):
     magic, kind = header[:2], header[2]
     job_id, length = (int.from_bytes(header[i:i + 4], "big") for i in (4, 8))
     if magic != MAGIC:
-        raise ProtocolError("bad frame magic %r (expected %r)" % (magic, MAGIC))
+        raise ProtocolError("bad frame magic %r (expected %r)"
+                            % (magic, MAGIC))
     if kind not in FRAME_NAMES:
         raise ProtocolError("unknown frame type %d" % kind)
     if length > MAX_FRAME:
@@ -362,7 +333,7 @@ def read_frame(f):
 
 def frame_parts(kind, job_id, parts):
     """Return the header for a frame whose body is the buffers PARTS."""
-    length = sum(len(p) for p in parts)
+    length = sum(map(len, parts))
     if length > MAX_FRAME:
         raise ProtocolError("frame of %d bytes is over the %d-byte limit"
                             % (length, MAX_FRAME))
@@ -374,9 +345,7 @@ def write_frame(f, kind, job_id, parts):
     """Write one frame whose body is the concatenation of PARTS, and flush."""
     if isinstance(parts, (bytes, bytearray, memoryview)):
         parts = [parts]
-    f.write(frame_parts(kind, job_id, parts))
-    for part in parts:
-        f.write(part)
+    f.writelines([frame_parts(kind, job_id, parts), *parts])
     f.flush()
 
 
@@ -392,18 +361,13 @@ def dump_meta(meta, encoding=JSON):
 
 
 def load_meta(data, encoding=JSON):
-    """Decode metadata encoded by dump_meta; it must be a dict.
-
-    Raises ProtocolError on anything else."""
+    """Decode dump_meta's output; ProtocolError unless it decodes to a dict."""
+    if encoding != MARSHAL:
+        import json
     try:
-        if encoding == MARSHAL:
-            meta = marshal.loads(data)
-        else:
-            import json
-            meta = json.loads(data)
+        meta = marshal.loads(data) if encoding == MARSHAL else json.loads(data)
     except (ValueError, EOFError, TypeError, RecursionError) as e:
-        raise ProtocolError("metadata is not %s: %s"
-                            % (encoding, e))
+        raise ProtocolError("metadata is not %s: %s" % (encoding, e))
     if not isinstance(meta, dict):
         raise ProtocolError("metadata is not a dict")
     return meta
@@ -411,30 +375,23 @@ def load_meta(data, encoding=JSON):
 
 def pack_body(meta, blobs=(), encoding=JSON):
     """Return the parts of a metadata-plus-blobs body."""
-    meta = dict(meta, sizes=[len(b) for b in blobs])
-    text = dump_meta(meta, encoding)
+    text = dump_meta(dict(meta, sizes=[len(b) for b in blobs]), encoding)
     return [len(text).to_bytes(4, "big"), text] + list(blobs)
 
 
 def unpack_meta(body, encoding=JSON):
-    """Return (meta, offset of the first blob) of a metadata-plus-blobs
-    body.
-
-    Raises ProtocolError when the body is malformed."""
+    """Return (meta, offset of the first blob) of BODY, or ProtocolError."""
     if len(body) < 4:
         raise ProtocolError("body of %d bytes has no metadata" % len(body))
-    n = int.from_bytes(body[:4], "big")
-    end = 4 + n
+    end = 4 + int.from_bytes(body[:4], "big")
     if end > len(body):
         raise ProtocolError("metadata of %d bytes overruns a %d-byte body"
-                            % (n, len(body)))
+                            % (end - 4, len(body)))
     return load_meta(bytes(body[4:end]), encoding), end
 
 
 def unpack_body(body, encoding=JSON):
-    """Return (meta, blobs) of a metadata-plus-blobs body.
-
-    Raises ProtocolError when the sizes do not add up."""
+    """Return (meta, blobs) of BODY; ProtocolError if sizes do not add up."""
     meta, pos = unpack_meta(body, encoding)
     sizes = meta.get("sizes")
     if not isinstance(sizes, list) or not all(
@@ -443,8 +400,7 @@ def unpack_body(body, encoding=JSON):
     if pos + sum(sizes) != len(body):
         raise ProtocolError("blob sizes %s do not match a %d-byte body"
                             % (sizes, len(body)))
-    view = memoryview(body)
-    blobs = []
+    view, blobs = memoryview(body), []
     for size in sizes:
         blobs.append(view[pos:pos + size])
         pos += size
@@ -472,9 +428,7 @@ def raise_error_body(body, encoding=JSON):
 
 
 def decompress(data, limit=MAX_FRAME):
-    """Inflate zlib DATA, refusing to grow past LIMIT bytes.
-
-    Raises ProtocolError on corrupt or oversized data."""
+    """Inflate zlib DATA; ProtocolError if corrupt or over LIMIT bytes."""
     d = zlib.decompressobj()
     try:
         out = d.decompress(data, limit)
@@ -484,23 +438,20 @@ def decompress(data, limit=MAX_FRAME):
         raise ProtocolError("compressed data is truncated or over %d bytes"
                             % limit)
     return out
-
 # ---------------------------------------------------------------------------
 # Argument scanning
 #
 # Pure functions that turn a compiler command line into a Job, or raise
-# LocalOnly with the reason it must run here.  They touch no files; the
-# wrapper checks the few facts that need the file system.  The server
-# checks a client's options with check_server_args, here beside the
-# scanner's own lists.
+# LocalOnly with the reason it must run here (the wrapper checks the few
+# facts that need the file system), and check_server_args, the server's
+# check of a client's options, here beside the scanner's own lists.
 
 SOURCE_LANGS = {
     ".c": "c", ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".cp": "c++",
     ".c++": "c++", ".C": "c++", ".CPP": "c++", ".m": "objective-c",
     ".mm": "objective-c++", ".M": "objective-c++",
     ".i": "cpp-output", ".ii": "c++-cpp-output",
-    ".mi": "objective-c-cpp-output", ".mii": "objective-c++-cpp-output",
-}
+    ".mi": "objective-c-cpp-output", ".mii": "objective-c++-cpp-output"}
 PREPROCESSED_LANGS = {"cpp-output", "c++-cpp-output",
                       "objective-c-cpp-output", "objective-c++-cpp-output"}
 DISTRIBUTABLE_LANGS = {"c", "c++", "objective-c", "objective-c++"} | \
@@ -509,11 +460,9 @@ DISTRIBUTABLE_LANGS = {"c", "c++", "objective-c", "objective-c++"} | \
 # Preprocessor options: they run here, and are dropped from the host's
 # command.  Those in the first set take a value, joined or separate.
 CPP_OPTIONS_WITH_VALUE = (
-    "-D", "-U", "-I", "-MF", "-MT", "-MQ", "-include", "-imacros",
-    "-isystem", "-iquote", "-idirafter", "-iprefix",
-    "-iwithprefixbefore", "-iwithprefix", "-isysroot", "-imultilib",
-    "--sysroot",
-)
+    "-D", "-U", "-I", "-MF", "-MT", "-MQ", "-include", "-imacros", "-isystem",
+    "-iquote", "-idirafter", "-iprefix", "-iwithprefixbefore", "-iwithprefix",
+    "-isysroot", "-imultilib", "--sysroot")
 # Link-only options: meaningless with -c, so the host never sees them.
 LINK_OPTIONS_WITH_VALUE = {"-L", "-l", "-T", "-u", "-z", "-e", "-Xlinker"}
 LINK_FLAGS = {"-static", "-shared", "-pie", "-no-pie", "-rdynamic", "-s",
@@ -529,11 +478,11 @@ OPTIONS_WITH_SEPARATE_VALUE = {
     "--sysroot", "--param", "-Xpreprocessor", "-Xassembler", "-Xlinker",
     "-Xclang", "-mllvm", "-aux-info", "-L", "-l", "-T", "-u", "-z", "-e",
     "-target", "--target", "-arch", "-dumpbase", "-dumpdir",
-    "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G", "-MJ",
-}
+    "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G", "-MJ"}
 
-# Local-only options, each with the reason.  Exact matches first, then
-# prefixes; the first match wins.
+# Options that compile here although remote_refusal lets them pass, or
+# with a clearer reason than it gives (-E, -M and -MM also decide what the
+# local compile writes): exact matches, then prefixes, with the reason.
 LOCAL_EXACT = {
     "-E": "-E only preprocesses",
     "-M": "-M only lists dependencies", "-MM": "-MM only lists dependencies",
@@ -541,48 +490,14 @@ LOCAL_EXACT = {
     "-march=native": "-march=native tunes for this machine",
     "-mtune=native": "-mtune=native tunes for this machine",
     "-mcpu=native": "-mcpu=native tunes for this machine",
-    "-fprofile-arcs": "-fprofile-arcs writes profile notes here",
-    "-ftest-coverage": "-ftest-coverage writes .gcno files here",
-    "--coverage": "--coverage writes .gcno files here",
-    "-frepo": "-frepo reads and writes .rpo files here",
-    "-fstack-usage": "-fstack-usage writes a .su file that is not shipped",
-    "-traditional-cpp": "-traditional-cpp is not supported remotely",
-    "-wrapper": "-wrapper runs a program on the host",
-    "-Xclang": "-Xclang passes raw options that can load plugins",
-    "-Xassembler": "-Xassembler options may write listings",
-    "-Xpreprocessor": "-Xpreprocessor options are not parsed",
-    "-aux-info": "-aux-info writes a side file",
     "-g3": "-g3 records macros the host would see differently",
+    "-ggdb3": "-g3 records macros the host would see differently",
     # gcc -pedantic complains of the line markers in the text the host
     # compiles (the fix is issue 18's: compile it as the user's file).
-    "-pedantic": "-pedantic warns about the host's line markers",
-    "-Wpedantic": "-pedantic warns about the host's line markers",
-    "-pedantic-errors": "-pedantic warns about the host's line markers",
-    "-pg": "-pg instruments for gprof; profiling builds stay local",
-    "-ggdb3": "-g3 records macros the host would see differently",
-}
-LOCAL_PREFIXES = (
-    ("-fprofile-generate", "-fprofile-generate writes profiles here"),
-    ("-fprofile-use", "-fprofile-use reads profiles from this machine"),
-    ("-fprofile-instr-", "clang profiling reads or writes files here"),
-    ("-fprofile-sample-use", "-fprofile-sample-use reads a profile here"),
-    ("-fprofile-dir", "-fprofile-dir names a directory here"),
-    ("-fauto-profile", "-fauto-profile reads a profile here"),
-    ("-fplugin", "-fplugin loads a plugin that must not run on the host"),
-    ("-specs", "-specs reads a specs file"),
-    ("--specs", "-specs reads a specs file"),
-    ("-B", "-B names a directory of compiler programs"),
-    ("@", "@file response files are read here"),
-    ("-save-temps", "-save-temps writes side files that are not shipped"),
-    ("-fdump-", "-fdump- writes side files that are not shipped"),
-    ("-fcallgraph-info", "-fcallgraph-info writes a side file"),
-    ("-fsanitize-blacklist", "sanitizer lists are files here"),
-    ("-fsanitize-ignorelist", "sanitizer lists are files here"),
-    ("-include-pch", "precompiled headers are files here"),
-    ("-fmodules", "clang modules read caches here"),
-    ("-ftime-trace", "-ftime-trace writes a side file"),
-    ("-MJ", "-MJ writes a compilation database entry"),
-)
+    **dict.fromkeys(("-pedantic", "-Wpedantic", "-pedantic-errors"),
+                    "-pedantic warns about the host's line markers")}
+# The scanner would take -include-pch for -include with a value.
+LOCAL_PREFIXES = (("-include-pch", "precompiled headers are files here"),)
 
 
 class Job:
@@ -603,43 +518,27 @@ class Job:
 
 def compiler_family(compiler):
     """Return "clang" or "gcc" from the compiler's name."""
-    name = os.path.basename(compiler)
-    return "clang" if "clang" in name else "gcc"
+    return "clang" if "clang" in os.path.basename(compiler) else "gcc"
 
 
 def language_of(path):
     """Return gcc's language for PATH's extension, or None."""
     base = os.path.basename(path)
     dot = base.rfind(".")
-    if dot <= 0:
-        return None
-    return SOURCE_LANGS.get(base[dot:])
+    return SOURCE_LANGS.get(base[dot:]) if dot > 0 else None
 
 
 def replace_suffix(path, suffix):
     """Replace PATH's extension with SUFFIX, as gcc's %.SUFFIX does."""
     head, base = os.path.split(path)
     dot = base.rfind(".")
-    if dot > 0:
-        base = base[:dot]
-    return os.path.join(head, base + suffix)
+    return os.path.join(head, (base[:dot] if dot > 0 else base) + suffix)
 
 
 def local_reason(arg):
     """Return why ARG forces a local compile, or None."""
-    reason = LOCAL_EXACT.get(arg)
-    if reason:
-        return reason
-    for prefix, reason in LOCAL_PREFIXES:
-        if arg.startswith(prefix):
-            return reason
-    if arg.startswith("-Wa,") and any(
-            a.startswith("-a") or a.startswith("--MD")
-            for a in arg[4:].split(",")):
-        return "-Wa,-a writes an assembler listing here"
-    if arg.startswith("-fopt-info") and "=" in arg:
-        return "-fopt-info=FILE writes a side file"
-    return None
+    return LOCAL_EXACT.get(arg) or next((why for prefix, why in LOCAL_PREFIXES
+                                         if arg.startswith(prefix)), None)
 
 
 def split_value_option(args, i, names):
@@ -651,21 +550,16 @@ def split_value_option(args, i, names):
             if i + 1 >= len(args):
                 raise LocalOnly("%s has no value" % name)
             return name, args[i + 1], i + 2
-        if arg.startswith(name):
-            value = arg[len(name):]
-            if name.startswith("--"):
-                if not value.startswith("="):
-                    continue
-                value = value[1:]
-            return name, value, i + 1
+        joined = name + "=" if name.startswith("--") else name
+        if arg.startswith(joined):
+            return name, arg[len(joined):], i + 1
     return None
 
 
 def scan_args(argv):
-    """Turn a compiler command line into a Job.
-
-    Raises LocalOnly with the reason when the compile must run here; the
-    exception's job still names the input and output (for --explain)."""
+    """Turn a compiler command line into a Job.  Raises LocalOnly with the
+    reason when the compile must run here; the exception's job still names
+    the input and output (for --explain)."""
     if not argv:
         raise LocalOnly("no compiler given")
     job = Job(argv[0], list(argv))
@@ -673,53 +567,42 @@ def scan_args(argv):
     family = compiler_family(job.compiler)
     reason = None            # the first reason to stay local
     sources = []             # (path, -x language in force)
-    output = None
-    deps = False             # -MD or -MMD seen
-    mf = None                # -MF value
-    targets = False          # -MT or -MQ seen
+    deps = targets = False   # -MD or -MMD seen; -MT or -MQ seen
+    mf = dwarf = None        # -MF value; N of -gdwarf-N
     wp_deps = False          # -Wp,-MD,FILE: gcc never tells cc1 the -o
     debug = False            # any -g but -g0, last one wins
-    dwarf = None             # -gdwarf-N
     stdout_only = None       # -E, -M, -MM, -fsyntax-only: what it is
-    cpp = []                 # arguments kept for preprocessing
-    remote = []              # arguments kept for the host
-    lang = None
+    cpp, remote = [], []     # arguments kept for preprocessing; for the host
+    output = lang = None
     i = 0
     while i < len(args):
-        arg = args[i]
+        arg, i = args[i], i + 1      # i: the next argument, as a value
+        split = split_value_option(args, i - 1, CPP_OPTIONS_WITH_VALUE)
+        reason = reason or local_reason(arg)
+        if arg in ("-E", "-M", "-MM", "-fsyntax-only"):
+            stdout_only = arg
         if arg == "-" or not arg.startswith("-"):
             if arg.startswith("@"):
                 reason = reason or "@file response files are read here"
             else:
                 sources.append((arg, lang))
-            i += 1
-            continue
-        why = local_reason(arg)
-        if why:
-            reason = reason or why
-            if arg in ("-E", "-M", "-MM", "-fsyntax-only"):
-                stdout_only = arg
-        if arg in ("-c", "-S"):
+        elif arg in ("-c", "-S"):
             if job.mode and job.mode != arg:
                 reason = reason or "both -c and -S given"
             job.mode = arg
-            i += 1
-            continue
-        if arg.startswith("-o"):
-            output, i = (args[i + 1] if i + 1 < len(args) else None,
-                         i + 2) if arg == "-o" else (arg[2:], i + 1)
+        elif arg.startswith("-o"):
+            output, i = (args[i] if i < len(args) else None, i + 1) \
+                if arg == "-o" else (arg[2:], i)
             if output is None:
                 reason = reason or "-o has no value"
-            continue
-        if arg.startswith("-x"):
-            lang, i = (args[i + 1] if i + 1 < len(args) else "",
-                       i + 2) if arg == "-x" else (arg[2:], i + 1)
+        elif arg.startswith("-x"):
+            lang, i = (args[i] if i < len(args) else "", i + 1) \
+                if arg == "-x" else (arg[2:], i)
             if lang == "none":
                 lang = None
             elif lang not in DISTRIBUTABLE_LANGS:
                 reason = reason or "-x %s is not C, C++ or Objective-C" % lang
-            continue
-        if arg.startswith("-Wp,"):
+        elif arg.startswith("-Wp,"):
             wp = arg[4:].split(",")
             if len(wp) == 2 and wp[0] in ("-MD", "-MMD"):
                 # gcc hands "-MD FILE" straight to the preprocessor: FILE is
@@ -732,49 +615,39 @@ def scan_args(argv):
             else:
                 reason = reason or "-Wp, passes options straight to the " \
                     "preprocessor"
-            i += 1
-            continue
-        split = split_value_option(args, i, CPP_OPTIONS_WITH_VALUE)
-        if split:
+        elif split:
             name, value, nxt = split
             if name == "-MF":
                 mf = value
             else:
                 targets = targets or name in ("-MT", "-MQ")
-                cpp.extend(args[i:nxt])
+                cpp.extend(args[i - 1:nxt])
             i = nxt
-            continue
-        if arg in CPP_FLAGS:
+        elif arg in CPP_FLAGS:
             deps = deps or arg in ("-MD", "-MMD")
             cpp.append(arg)
-            i += 1
-            continue
-        if arg in OPTIONS_WITH_SEPARATE_VALUE:
-            if i + 1 >= len(args):
+        elif arg in OPTIONS_WITH_SEPARATE_VALUE:
+            if i >= len(args):
                 reason = reason or "%s has no value" % arg
-                i += 1
                 continue
-            cpp.extend(args[i:i + 2])
+            cpp.extend(args[i - 1:i + 1])
             if arg in ("--param", "-target", "--target"):
                 # The host gets the joined spelling (see remote_refusal).
-                arg = "--%s=%s" % (arg.lstrip("-"), args[i + 1])
+                arg = "--%s=%s" % (arg.lstrip("-"), args[i])
                 remote.append(arg)
             if arg not in LINK_OPTIONS_WITH_VALUE:
                 reason = reason or remote_refusal(arg)
-            i += 2
-            continue
-        if arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
-            cpp.append(arg)  # link-only: the host does not need it
             i += 1
-            continue
-        if arg.startswith("-g"):
+        elif arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
+            cpp.append(arg)  # link-only: the host does not need it
+        else:
             if arg.startswith("-gdwarf-") and arg[8:].isdigit():
                 dwarf = int(arg[8:])
-            debug = arg != "-g0"
-        reason = reason or remote_refusal(arg)
-        cpp.append(arg)
-        remote.append(arg)
-        i += 1
+            if arg.startswith("-g"):
+                debug = arg != "-g0"
+            reason = reason or remote_refusal(arg)
+            cpp.append(arg)
+            remote.append(arg)
 
     # What the local compiler would read and write, for every decision.
     job.source = [s for s, _ in sources] if len(sources) > 1 else \
@@ -783,18 +656,16 @@ def scan_args(argv):
     if len(sources) == 1:
         job.lang = sources[0][1] or language_of(sources[0][0])
     if stdout_only:
-        job.output = output if stdout_only == "-E" else None
-        if stdout_only in ("-M", "-MM"):
-            job.output = mf or output
+        job.output = {"-E": output, "-M": mf or output,
+                      "-MM": mf or output}.get(stdout_only)
     elif job.mode is None:
         job.output = output or "a.out"
     elif output is not None:
         job.output = output
     elif len(sources) == 1:
         llvm = "-emit-llvm" in args      # clang's bitcode, or its text
-        job.output = replace_suffix(stem, {
-            ("-c", False): ".o", ("-S", False): ".s", ("-c", True): ".bc",
-            ("-S", True): ".ll"}[job.mode, llvm])
+        suffix = {"-c": (".o", ".bc"), "-S": (".s", ".ll")}[job.mode][llvm]
+        job.output = replace_suffix(stem, suffix)
 
     if family == "clang" and debug and (dwarf or 5) >= 5:
         # DWARF 5 line tables carry an MD5 of each source file; clang can
@@ -805,10 +676,9 @@ def scan_args(argv):
         raise LocalOnly(reason, job)
     if not job.mode:
         raise LocalOnly("no -c or -S: this command links", job)
-    if not sources:
-        raise LocalOnly("no source file", job)
-    if len(sources) > 1:
-        raise LocalOnly("%d source files in one command" % len(sources), job)
+    if len(sources) != 1:
+        raise LocalOnly("%d source files in one command" % len(sources)
+                        if sources else "no source file", job)
     source, source_lang = sources[0]
     if source == "-":
         raise LocalOnly("source is standard input", job)
@@ -840,30 +710,26 @@ def scan_args(argv):
         job.depfile = mf
     if mf is not None:
         cpp.extend(["-MF", mf])
-    job.cpp_args = cpp
-    job.remote_args = remote
+    job.cpp_args, job.remote_args = cpp, remote
     return job
 
 
 def preprocess_argv(job):
     """Return the local preprocessing command for JOB (output on stdout)."""
-    if compiler_family(job.compiler) == "clang":
-        mode = ["-E", "-frewrite-includes"]
-    else:
-        # Macros stay unexpanded so the host computes the same columns and
-        # code as a local compile; includes and conditionals resolve here.
-        mode = ["-E", "-fdirectives-only"]
+    # gcc leaves macros unexpanded so the host computes the same columns
+    # and code as a local compile; includes and conditionals resolve here.
+    clang = compiler_family(job.compiler) == "clang"
+    mode = ["-E", "-frewrite-includes" if clang else "-fdirectives-only"]
     lang = ["-x", job.explicit_lang] if job.explicit_lang else []
     return [job.compiler] + job.cpp_args + mode + lang + [job.source]
 
 
 def strip_builtins(text):
     """Return TEXT without gcc's '<built-in>' #define block at its head, as
-    a list of buffers (no copy).
-
-    The host's compiler defines the same built-ins itself and would warn
-    that they are redefined.  The block follows the line markers that name
-    the source and (with -g) the working directory."""
+    a list of buffers (no copy)."""
+    # The host's compiler defines the same built-ins itself and would warn
+    # that they are redefined.  The block follows the line markers that
+    # name the source and (with -g) the working directory.
     marker = b'# 0 "<built-in>"\n'
     start = text.find(marker, 0, 8192)
     if start < 0 or any(not line.startswith(b"# ")
@@ -878,9 +744,9 @@ def strip_builtins(text):
     view = memoryview(text)
     return [view[:start], view[pos:]]
 
-# Compiler names a server runs and masquerade links answer to: gcc, g++, cc,
-# c++, clang, clang++, with a target prefix (x86_64-linux-gnu-) and a
-# version suffix (-12) allowed.
+
+# Compiler names a server runs and masquerade links answer to, with a
+# target prefix (x86_64-linux-gnu-) and a version suffix (-12) allowed.
 COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                        "0123456789_.")
@@ -897,6 +763,7 @@ def is_compiler_name(name):
         parts.pop()                 # the version suffix
     return parts[-1] in COMPILER_BASENAMES and \
         all(p and set(p) <= NAME_CHARS for p in parts[:-1])
+
 
 # What may reach a host's compiler: the options that only change code
 # generation, warnings, language and debug info.  An allow-list, shared by
@@ -928,19 +795,18 @@ REMOTE_DENIED = (
     "-fauto-profile", "-fcs-profile", "-fdump-", "-fcallgraph-info",
     "-fstack-usage", "-fmodule", "-fsystem-module", "-fprebuilt-module",
     "-fsave-optimization-record", "-foptimization-record", "-fpre-include",
-    "-fself-test", "-fcompare-debug", "-fltrans", "-fresolution",
-    "-foffload", "-fdiagnostics-format", "-fdiagnostics-add-output",
+    "-fself-test", "-fcompare-debug", "-fltrans", "-fresolution", "-foffload",
+    "-fdiagnostics-format", "-fdiagnostics-add-output",
     "-fdiagnostics-set-output", "-fsanitize-blacklist",
     "-fsanitize-ignorelist", "-fsanitize-system-ignorelist",
     "-fsanitize-coverage-allowlist", "-fsanitize-coverage-blocklist",
-    "-fxray-attr-list", "-fxray-always-instrument",
-    "-fxray-never-instrument", "-fcrash-diagnostics", "-fthinlto",
-    "-fembed", "-ftime-trace", "-fdepfile", "-fapinotes",
-    "-fbasic-block-sections=list", "-fdirectives-only", "-fpreprocessed",
-    "-fworking-directory", "-fpch", "-frepo", "-ftest-coverage",
-    "-fbuild-session", "-frewrite-map-file", "-fproc-stat-report",
-    "-fexperimental-sanitize-metadata-ignorelist", "-mllvm", "-module",
-    "-gen-")
+    "-fxray-attr-list", "-fxray-always-instrument", "-fxray-never-instrument",
+    "-fcrash-diagnostics", "-fthinlto", "-fembed", "-ftime-trace", "-fdepfile",
+    "-fapinotes", "-fbasic-block-sections=list", "-fdirectives-only",
+    "-fpreprocessed", "-fworking-directory", "-fpch", "-frepo",
+    "-ftest-coverage", "-fbuild-session", "-frewrite-map-file",
+    "-fproc-stat-report", "-fexperimental-sanitize-metadata-ignorelist",
+    "-mllvm", "-module", "-gen-")
 # ... but for these, which only change code generation.
 REMOTE_DENIED_BUT = ("-fprofile-update=", "-fprofile-reorder-functions",
                      "-fprofile-partial-training", "-fprofile-abs-path",
@@ -987,7 +853,6 @@ def check_server_args(args):
             "%r is not an option" % arg[:100]
         if why:
             raise Rejected("refused option: %s" % why)
-
 # ---------------------------------------------------------------------------
 # Hosts
 #
@@ -1036,31 +901,26 @@ HOST_OPTIONS = ("lzo", "cpp", "auth")
 
 
 def parse_host(token):
-    """Parse one DISTCC_HOSTS token into a Host.
-
-    Raises UsageError naming the token."""
-    spec = token
+    """Parse one DISTCC_HOSTS token into a Host; raises UsageError naming
+    the token."""
     body = token
     # distcc's ",lzo" and ",cpp" options: compression is always on here.
     while "," in body and body.rsplit(",", 1)[1] in HOST_OPTIONS:
         body = body.rsplit(",", 1)[0]
-    command = None
     if body.startswith("localhost"):
         rest = body[len("localhost"):]
         if rest == "":
-            return Host(spec, "localhost")
+            return Host(token, "localhost")
         if rest.startswith("/") and rest[1:].isdigit() and int(rest[1:]) > 0:
-            return Host(spec, "localhost", limit=int(rest[1:]))
+            return Host(token, "localhost", limit=int(rest[1:]))
         raise UsageError("bad host %r" % token,
                          "write localhost or localhost/N")
     if "@" not in body:
-        raise UsageError(
-            "host %r is a TCP host" % token,
-            "distcc.py speaks ssh only: write it as @%s"
-            % body.split("/")[0].split(":")[0])
-    if body.startswith("@"):
-        body = body[1:]
-    user = None
+        raise UsageError("host %r is a TCP host" % token,
+                         "distcc.py speaks ssh only: write it as @%s"
+                         % body.split("/")[0].split(":")[0])
+    body = body[1:] if body.startswith("@") else body
+    user = command = limit = None
     if "@" in body.split(":")[0].split("/")[0]:
         user, body = body.split("@", 1)
         if not user:
@@ -1071,7 +931,6 @@ def parse_host(token):
         if not command:
             raise UsageError("bad host %r: empty command after ':'" % token,
                              "write @host:/path/to/distcc.py")
-    limit = None
     if "/" in body:
         body, text = body.split("/", 1)
         if not text.isdigit() or int(text) < 1:
@@ -1081,7 +940,7 @@ def parse_host(token):
     if not body or body.startswith("-") or any(c.isspace() for c in body):
         raise UsageError("bad host %r: no host name" % token,
                          "write @host or user@host")
-    return Host(spec, body, user=user, limit=limit, command=command)
+    return Host(token, body, user=user, limit=limit, command=command)
 
 
 class HostList(list):
@@ -1093,9 +952,8 @@ class HostList(list):
 
 
 def parse_hosts(text):
-    """Parse a whole host list (whitespace, newlines, # comments).
-
-    Raises UsageError naming the first bad token."""
+    """Parse a whole host list (whitespace, newlines, # comments); raises
+    UsageError naming the first bad token."""
     hosts = HostList()
     for line in text.splitlines():
         line = line.split("#", 1)[0]
@@ -1107,10 +965,8 @@ def parse_hosts(text):
                 if not value.isdigit() or int(value) < 1:
                     raise UsageError("bad option %r: not a positive number"
                                      % token, "write %s=4" % name)
-                if name == "--localslots_cpp":
-                    hosts.cpp_slots = int(value)
-                else:
-                    hosts.local_slots = int(value)
+                setattr(hosts, "cpp_slots" if name == "--localslots_cpp"
+                        else "local_slots", int(value))
             elif token.startswith("-"):
                 raise UsageError("unknown host list option %r" % token,
                                  "use --randomize, --localslots=N or "
@@ -1122,26 +978,20 @@ def parse_hosts(text):
 
 def slot_limit(host, reported=None):
     """How many of our jobs HOST may run at once: its /LIMIT, else one
-    more than the CPU count it REPORTED, else a default.  The extra job
-    waits on the host with its text, so that a CPU whose compile ends
-    starts the next at once instead of waiting for the network.  Pinned
-    to one CPU, Brotli's build took 17.9 s with 2 jobs sent to that host
-    and 21.9 s with 1 (medians of 5 paired builds)."""
-    if host.limit:
-        return host.limit
-    if host.is_local:
-        return DEFAULT_LOCAL_LIMIT
+    more than the CPU count it REPORTED, else a default."""
+    # The extra job waits there with its text for the first free CPU:
+    # pinned to one CPU, Brotli built in 17.9 s with 2 jobs sent to that
+    # host and 21.9 s with 1 (medians of 5 paired builds).
+    if host.limit or host.is_local:
+        return host.limit or DEFAULT_LOCAL_LIMIT
     return reported + 1 if reported else DEFAULT_HOST_LIMIT
 
 
 def choose_host(free):
     """Pick from FREE, a list of (host, free slots), the host with the most
     free slots; list order breaks ties.  Returns None if none is free."""
-    best = None
-    for host, count in free:
-        if count > 0 and (best is None or count > best[1]):
-            best = (host, count)
-    return best[0] if best else None
+    host, count = max(free, key=lambda pair: pair[1], default=(None, 0))
+    return host if count > 0 else None
 
 
 class Slot:
@@ -1174,15 +1024,12 @@ def try_slot(directory, name):
 
 
 def acquire_slot(config, hosts, queue_name="queue"):
-    """Take a slot of the host in HOSTS with the most free slots; None if
-    HOSTS is empty.  QUEUE_NAME names the queue of this pool of slots (a
-    wrapper holding a host slot may queue for a preprocessing slot, so the
-    two pools never share a queue).
+    """Take a slot of the host in HOSTS with the most free slots (None if
+    HOSTS is empty), queueing on QUEUE_NAME: each pool has its own queue,
+    as a wrapper holding a host slot may queue for a preprocessing slot.
 
-    Slots are lock files in $DISTCC_DIR/slots, so limits hold across every
-    wrapper of every build of this user.  Wrappers take slots in turn: each
-    holds the queue lock while it looks, so when all slots are busy one
-    wrapper polls (with growing sleeps) and the rest sleep in flock()."""
+    Blocks until a slot is free: the wrapper holding the queue lock polls
+    (with growing sleeps) while the others sleep in flock()."""
     import fcntl
     import time
     if not hosts:
@@ -1193,12 +1040,12 @@ def acquire_slot(config, hosts, queue_name="queue"):
     try:
         fcntl.flock(queue, fcntl.LOCK_EX)
         delay = 0.002
-        while True:
-            slot = take_free_slot(config, directory, hosts)
-            if slot is not None:
-                return slot
+        slot = take_free_slot(config, directory, hosts)
+        while slot is None:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.05)
+            slot = take_free_slot(config, directory, hosts)
+        return slot
     finally:
         os.close(queue)
 
@@ -1213,13 +1060,12 @@ def take_free_slot(config, directory, hosts):
             fd, free = None, 0
             for n in range(host_slots(config, host)):
                 got = try_slot(directory, "%s.%d" % (host.key(), n))
-                if got is None:
-                    continue
-                free += 1
-                if fd is None:
-                    fd = got
-                else:
-                    os.close(got)
+                if got is not None:
+                    free += 1
+                    if fd is None:
+                        fd = got
+                    else:
+                        os.close(got)
             found.append((host, fd, free))
         chosen = choose_host([(h, free) for h, _, free in found])
         for i, (host, fd, _) in enumerate(found):
@@ -1295,8 +1141,7 @@ def backed_off(config, host, probes):
         return True                 # mtime is the end of the period
     probe = path + ".probe"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        os.close(fd)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         probes.append(host)
         return False                # this job probes the host
     except FileExistsError:
@@ -1306,8 +1151,7 @@ def backed_off(config, host, probes):
             return False            # the probe just ended
         if stale:
             os.unlink(probe)
-            return False
-        return True
+        return not stale
 
 
 def mark_host_failed(config, host):
@@ -1330,41 +1174,34 @@ def release_probe(config, host):
 
 def mark_host_good(config, host):
     """Forget a backoff of HOST after a job succeeded there."""
-    for path in (backoff_path(config, host),
-                 backoff_path(config, host) + ".probe"):
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass  # the usual case: it was never backed off
+    try:
+        os.unlink(backoff_path(config, host))
+    except FileNotFoundError:
+        pass  # the usual case: it was never backed off
+    release_probe(config, host)
 
 # ---------------------------------------------------------------------------
 # Wrapper
 #
 # What the build runs: scan the command, take a slot, preprocess, send the
-# job through the host's relay, write the object.  Every fault between the
-# preprocessor and the object lands in one place (compile_distributed) and
-# becomes a local compile (or, with DISTCC_FALLBACK=0, an error).
-#
-# Taking a job back: at the end of a build the last jobs can wait on a busy
-# host for a CPU while this machine has nothing left to do.  A job that the
-# host reports as queued (not yet compiling), when a localhost slot of
-# DISTCC_HOSTS is free and no other wrapper waits for a slot, is cancelled
-# there and compiled here, in that slot, by the ordinary local path.
-#
-# Each wrapper keeps a one-line file $DISTCC_DIR/jobs/PID while its job
-# runs, for --monitor, and appends one line per job to $DISTCC_DIR/stats
-# when it ends.  Plain files, each with one writer: no daemon to ask,
-# nothing to lock, and a killed wrapper costs one stale line that readers
-# skip.  Neither ever fails a build.
+# job through the host's relay, write the object.  Every fault in between
+# lands in compile_distributed and becomes a local compile (or, with
+# DISTCC_FALLBACK=0, an error).  A job the host reports as still queued is
+# taken back (cancelled there, compiled here) when a localhost slot is free
+# and no other wrapper waits for one: the last jobs of a build would
+# otherwise wait on a busy host while this machine idles.  Each wrapper
+# keeps a line in $DISTCC_DIR/jobs/PID for --monitor and appends one per
+# job to $DISTCC_DIR/stats: plain files with one writer each, no daemon, no
+# lock (a killed wrapper leaves a stale line that readers skip); neither
+# ever fails a build.
 
 
 class Config:
     """Settings read once from the environment by main dispatch."""
 
     def __init__(self, environ):
-        home = os.path.expanduser("~")
         self.dir = os.path.abspath(environ.get(ENV_DIR) or
-                                   os.path.join(home, ".distcc"))
+                                   os.path.expanduser("~/.distcc"))
         self.hosts_text = environ.get(ENV_HOSTS)
         self.ssh_text = environ.get(ENV_SSH) or "ssh"
         self.fallback = environ.get(ENV_FALLBACK, "1") != "0"
@@ -1385,10 +1222,8 @@ class Config:
 
     @property
     def ssh_command(self):
-        """DISTCC_SSH split once with shlex (only relays and --check need
-        it, so wrappers never import shlex).
-
-        Raises UsageError on bad quoting."""
+        """DISTCC_SSH split with shlex (a property, so that wrappers never
+        import shlex).  Raises UsageError on bad quoting."""
         import shlex
         try:
             argv = shlex.split(self.ssh_text)
@@ -1447,10 +1282,8 @@ def search_path(name):
 
 
 def real_compiler(name):
-    """Return NAME, or the path of the first NAME on PATH that is not this
-    program (so masquerade links never call themselves).
-
-    Raises UsageError when PATH has no other NAME."""
+    """Return NAME, or the first NAME on PATH that is not this program (so
+    masquerade links never call themselves); raises UsageError if none."""
     me = os.path.realpath(__file__)
     first = find_program(name)
     if first is None or os.path.realpath(first) != me:
@@ -1470,21 +1303,20 @@ def real_compiler(name):
 def wrapper_main(argv, config):
     """Compile ARGV remotely if possible, else locally; return the status."""
     argv = [real_compiler(argv[0])] + argv[1:]
-    state = None
-    hosts = None
+    state = hosts = None
     try:
         job = scan_args(expand_response_files(argv))
         hosts = config.hosts()
-        if not any(not h.is_local for h in hosts):
+        if all(h.is_local for h in hosts):
             raise LocalOnly("no remote hosts")
         check_job_files(job)
         # Checked and created once per job; the slot, relay and job state
         # code relies on it.
         directory = state_dir(config)
         for sub in ("slots", "jobs"):
-            if not os.path.isdir(os.path.join(directory, sub)):
-                os.makedirs(os.path.join(directory, sub), mode=0o700,
-                            exist_ok=True)
+            path = os.path.join(directory, sub)
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=0o700, exist_ok=True)
         state = JobState(directory, job.source)
         try:
             return compile_distributed(config, job, hosts, state)
@@ -1509,11 +1341,9 @@ def wrapper_main(argv, config):
 
 
 def hold_local_slot(config, hosts, directory):
-    """With --localslots=N in the host list HOSTS (None: not read yet),
-    wait for one of N local slots and keep it open across exec: the
-    compiler holds it until it exits.  Jobs that compile here then never
-    run more than N at once, whatever make's -j (as distcc's --localslots).
-    DIRECTORY is the checked DISTCC_DIR, or None if it is unusable."""
+    """Wait for one of the --localslots=N of HOSTS (None: not read yet)
+    and keep it open across exec: at most N compiles run here, whatever
+    make's -j.  DIRECTORY is the checked DISTCC_DIR, or None (unusable)."""
     if directory is None:
         return
     if hosts is None:
@@ -1530,9 +1360,8 @@ def hold_local_slot(config, hosts, directory):
 
 
 def record_local_job(config, reason):
-    """Add a job that compiles here without trying a host to the stats
-    (unless REASON is None: counted already); return the checked
-    DISTCC_DIR, or None if it is unusable."""
+    """Count a local compile that tried no host (unless REASON is None);
+    return the checked DISTCC_DIR, or None if it is unusable."""
     try:
         directory = state_dir(config)
     except UsageError:
@@ -1543,10 +1372,8 @@ def record_local_job(config, reason):
 
 
 def check_job_files(job):
-    """Raise LocalOnly when the file system makes JOB a local compile.
-
-    A missing source or output directory gets the local compiler's own
-    error message that way."""
+    """Raise LocalOnly when the file system makes JOB a local compile (so
+    a missing source or output directory gets the compiler's own error)."""
     if not os.path.isfile(job.source):
         raise LocalOnly("source %s does not exist" % job.source, job)
     if not os.path.isdir(os.path.dirname(job.output) or "."):
@@ -1567,9 +1394,7 @@ def check_job_files(job):
 
 def expand_response_files(argv, depth=0):
     """Expand @FILE arguments as gcc does (quotes, backslashes, nesting).
-
-    An unreadable @FILE stays as it is, as with gcc; the scanner then keeps
-    the compile local."""
+    An unreadable @FILE stays, as with gcc: the compile then stays local."""
     out = []
     for arg in argv:
         if not arg.startswith("@") or len(arg) == 1 or depth > 10:
@@ -1589,47 +1414,31 @@ def expand_response_files(argv, depth=0):
 
 def split_response_text(text):
     """Split a response file's text into arguments, as libiberty does."""
-    args = []
-    current = []
-    have = False
-    quote = None
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            current.append(text[i + 1])
-            have = True
-            i += 2
-            continue
-        if quote:
-            if c == quote:
-                quote = None
-            else:
-                current.append(c)
+    args, word, quote = [], None, None  # word: None between arguments
+    chars = iter(text)
+    for c in chars:
+        if c == "\\":
+            word = (word or "") + next(chars, c)
+        elif c == quote:
+            quote = None
+        elif quote:
+            word += c
         elif c in "'\"":
-            quote = c
-            have = True
-        elif c.isspace():
-            if have or current:
-                args.append("".join(current))
-            current, have = [], False
-        else:
-            current.append(c)
-        i += 1
-    if have or current:
-        args.append("".join(current))
-    return args
+            quote, word = c, word or ""
+        elif not c.isspace():
+            word = (word or "") + c
+        elif word is not None:
+            args.append(word)
+            word = None
+    return args if word is None else args + [word]
 
 
 def compile_distributed(config, job, hosts, state):
-    """Compile JOB on the best host of HOSTS (localhost slots compile
-    here); a host with a transport fault is backed off and the job tried
-    on the next.  Records the outcome in STATE; returns the compiler's
-    status.
-
-    Raises the last fault when no host is left and DISTCC_FALLBACK=0 (or,
-    after a failed attempt, DISTCC_SKIP_LOCAL_RETRY=1), or LocalOnly to
-    compile here."""
+    """Compile JOB on the best host of HOSTS (or here, in a localhost
+    slot), trying the next after a fault; record the outcome in STATE and
+    return the status.  Raises LocalOnly to compile here, or the last
+    fault with DISTCC_FALLBACK=0 (or, after a failed attempt,
+    DISTCC_SKIP_LOCAL_RETRY=1)."""
     if hosts.randomize:
         import random
         hosts = HostList(hosts)
@@ -1637,8 +1446,7 @@ def compile_distributed(config, job, hosts, state):
     probes = []                     # hosts this job has the probe of
     candidates = [h for h in hosts
                   if h.is_local or not backed_off(config, h, probes)]
-    prepared = None
-    fault = None
+    prepared = fault = None
     relay_restarts = 0
     while candidates:
         state.set_phase("wait")
@@ -1664,18 +1472,17 @@ def compile_distributed(config, job, hosts, state):
             if local is None:
                 state.finish("remote", host=host.hostname)
                 return status
-        except RelayLost as e:
-            # Our own relay died (killed, or exiting as we connected): the
-            # host is not to blame, and the next wrapper starts a new relay.
-            fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
-            relay_restarts += 1
-            if relay_restarts <= 2:
-                trace("%s; trying %s again" % (fault, host.spec))
-                continue
         except (TransportError, ProtocolError, Rejected) as e:
             # Name the host in the message; a compile error never gets here.
             fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
-            if not isinstance(e, Rejected):
+            if isinstance(e, RelayLost):
+                # Our own relay died (killed, or exiting as we connected):
+                # the host is not to blame; the next wrapper starts a relay.
+                relay_restarts += 1
+                if relay_restarts <= 2:
+                    trace("%s; trying %s again" % (fault, host.spec))
+                    continue
+            elif not isinstance(e, Rejected):
                 mark_host_failed(config, host)
         finally:
             slot.release()
@@ -1712,8 +1519,7 @@ def compile_distributed(config, job, hosts, state):
 
 
 def prepare_with_cpp_slot(config, hosts, job, state):
-    """Preprocess JOB while holding one of the local preprocessing slots;
-    the time goes to STATE's record."""
+    """Preprocess JOB in a local preprocessing slot, timed in STATE."""
     import time
     cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
                os.cpu_count() or 2)
@@ -1731,100 +1537,71 @@ def prepare_with_cpp_slot(config, hosts, job, state):
 
 def prepare_job(job, save_temps=False):
     """Preprocess JOB here; return (meta, blobs, preprocessor stderr).
-    SAVE_TEMPS keeps the text in $TMPDIR.
-
     Raises LocalOnly when the local compile should tell the story."""
     compiler_path = find_program(job.compiler)
     if compiler_path is None:
         raise LocalOnly("compiler %s not found here" % job.compiler)
+    family = compiler_family(job.compiler)
+    original = b""
     if job.lang in PREPROCESSED_LANGS:
         with open(job.source, "rb") as f:
-            parts = [f.read()]
-        cpp_err = b""
+            parts, cpp_err = [f.read()], b""
     else:
         argv = preprocess_argv(job)
         trace("preprocess: %s" % " ".join(argv))
         text, cpp_err, status = spawn(compiler_path, argv, capture=True)
         if status != 0:
-            # The local compile prints the full story of a failed
-            # preprocessing; let it.
+            # The local compile prints the full story; let it.
             raise LocalOnly("preprocessing failed")
         parts = strip_builtins(text)
-    original = b""
-    if compiler_family(job.compiler) == "gcc" and \
-            job.lang not in PREPROCESSED_LANGS:
-        with open(job.source, "rb") as f:
-            original = f.read()
+        if family == "gcc":
+            with open(job.source, "rb") as f:
+                original = f.read()
     if save_temps:
         save_preprocessed(job, parts)
     squeeze = zlib.compressobj(COMPRESS_LEVEL)
-    packed = b"".join([squeeze.compress(p) for p in parts] +
-                      [squeeze.flush()])
-    meta = {
-        "compiler": os.path.basename(job.compiler),
-        "compiler_path": compiler_path,
-        "family": compiler_family(job.compiler),
-        "args": job.remote_args,
-        "mode": job.mode,
-        "lang": job.explicit_lang,
-        "source": job.source,
-        "output": job.output,
-        "cwd": os.getcwd(),
-        "env": {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
-        "color": color_wanted(job),
-        "raw": sum(len(p) for p in parts),
-    }
+    packed = b"".join([*map(squeeze.compress, parts), squeeze.flush()])
+    meta = dict(
+        compiler=os.path.basename(job.compiler), compiler_path=compiler_path,
+        family=family, args=job.remote_args, mode=job.mode,
+        lang=job.explicit_lang, source=job.source, output=job.output,
+        cwd=os.getcwd(),
+        env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
+        color=color_wanted(job), raw=sum(len(p) for p in parts))
     return meta, [packed, zlib.compress(original, COMPRESS_LEVEL)], cpp_err
 
 
-def spawn(path, argv, capture=False, sink=None, nice=0):
-    """Run program PATH with ARGV and wait; return its exit status (minus
-    the signal number if killed), or with CAPTURE (stdin from /dev/null)
-    (stdout, stderr, status).  SINK, if given, is called with each piece
-    of stdout as it comes, and the stdout returned is empty.  NICE (not
-    with CAPTURE) lowers the program's priority by that much.
-
-    posix_spawn, not subprocess: importing subprocess would cost the
-    wrapper 10 ms per compile."""
+def spawn(path, argv, capture=False):
+    """Run PATH with ARGV and wait; return its exit status (minus the
+    signal if killed), or with CAPTURE (stdin /dev/null) (stdout, stderr,
+    status)."""
+    # posix_spawn, not subprocess: importing subprocess would cost the
+    # wrapper 10 ms per compile.
     if not capture:
-        pid = os.posix_spawn(path, argv, os.environ)
-        if nice:
-            # Before the driver can have started cc1, which inherits it.
-            try:
-                os.setpriority(os.PRIO_PROCESS, pid,
-                               os.getpriority(os.PRIO_PROCESS, 0) + nice)
-            except OSError:
-                pass  # it has already ended
-        return exit_status(os.waitpid(pid, 0)[1])
+        return exit_status(os.waitpid(os.posix_spawn(path, argv, os.environ),
+                                      0)[1])
     import select
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     null = os.open(os.devnull, os.O_RDONLY)
-    try:
-        pid = os.posix_spawn(path, argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, null, 0),
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2)])
-    except BaseException:
-        os.close(out_r)
-        os.close(err_r)
-        raise
-    finally:
-        for fd in (null, out_w, err_w):
-            os.close(fd)
     output = {out_r: [], err_r: []}
     open_fds = [out_r, err_r]
     try:
+        try:
+            pid = os.posix_spawn(path, argv, os.environ, file_actions=[
+                (os.POSIX_SPAWN_DUP2, fd, i)
+                for i, fd in enumerate((null, out_w, err_w))])
+        finally:
+            for fd in (null, out_w, err_w):
+                os.close(fd)
         while open_fds:
             for fd in select.select(open_fds, [], [])[0]:
                 data = os.read(fd, 1 << 20)
-                if data and sink and fd == out_r:
-                    sink(data)
-                elif data:
-                    output[fd].append(data)
-                else:
+                if not data:
                     open_fds.remove(fd)
                     os.close(fd)
+                else:
+                    output[fd].append(data)
     finally:
         for fd in open_fds:
             os.close(fd)
@@ -1854,36 +1631,28 @@ def save_preprocessed(job, parts):
 
 def color_wanted(job):
     """Whether a local compile would colour its diagnostics."""
-    for arg in job.argv:
-        if arg.startswith("-fdiagnostics-color") or \
-                arg.startswith("-fno-diagnostics-color") or \
-                arg.startswith("-fcolor-diagnostics") or \
-                arg.startswith("-fno-color-diagnostics"):
-            return False  # the user chose; the option travels as it is
-    if os.environ.get("GCC_COLORS") == "" or os.environ.get("TERM") == "dumb":
-        return False
-    try:
-        return os.isatty(2)
-    except OSError:
-        return False
+    if any(arg.startswith(("-fdiagnostics-color", "-fno-diagnostics-color",
+                           "-fcolor-diagnostics", "-fno-color-diagnostics"))
+           for arg in job.argv):
+        return False  # the user chose; the option travels as it is
+    return os.environ.get("GCC_COLORS") != "" and \
+        os.environ.get("TERM") != "dumb" and os.isatty(2)
 
 
 def compile_remote(config, job, hosts, host, prepared, state):
-    """Compile the PREPARED job on HOST; return (the compiler's exit
-    status, None), or (None, a localhost Slot) when the job was taken back
-    from the host's queue to compile here (see above).  Sizes and times go
-    to STATE's record.
-
-    Raises TransportError, ProtocolError or Rejected for the fallback."""
+    """Compile the PREPARED job on HOST, sizes and times going to STATE;
+    return (the compiler's status, None), or (None, a localhost Slot) when
+    the job was taken back.  Raises TransportError, ProtocolError or
+    Rejected for the fallback."""
     import time
     meta, blobs, cpp_err = prepared
     meta = dict(meta, save_temps=config.save_temps)
-    trace("send %s to %s: %d bytes, %d compressed" % (
-        job.source, host.hostname, meta["raw"], sum(len(b) for b in blobs)))
+    sent = sum(len(b) for b in blobs)
+    trace("send %s to %s: %d bytes, %d compressed"
+          % (job.source, host.hostname, meta["raw"], sent))
     state.set_phase("send", host.hostname)
     started = time.monotonic()
-    local_hosts = [h for h in hosts if h.is_local] \
-        if not config.save_temps else []
+    local_hosts = [h for h in hosts if h.is_local and not config.save_temps]
     body, local = send_job(config, host, pack_body(meta, blobs, MARSHAL),
                            state, local_hosts)
     if body is None:
@@ -1901,8 +1670,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
             meta, blobs + [data for _, data in extra], MARSHAL), state)
         result, got = unpack_body(body, MARSHAL)
     round_trip = time.monotonic() - started
-    status = result.get("status")
-    outputs = result.get("outputs")
+    status, outputs = result.get("status"), result.get("outputs")
     if not isinstance(status, int) or not isinstance(outputs, list) or \
             len(got) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
@@ -1912,18 +1680,17 @@ def compile_remote(config, job, hosts, host, prepared, state):
     compile_ms = result.get("compile_ms")
     compile_ms = compile_ms if isinstance(compile_ms, int) else 0
     state.record.update(
-        preprocessed=meta["raw"], sent=sum(len(b) for b in blobs),
-        received=sum(len(b) for b in got[2:]), compile_ms=compile_ms,
+        preprocessed=meta["raw"], sent=sent, compile_ms=compile_ms,
+        received=sum(len(b) for b in got[2:]),
         transfer_ms=max(0, round(round_trip * 1000) - compile_ms))
     started = time.monotonic()
     if status == 0:
         # Side files first, the object last: make judges by the object.
-        paths = {"dwo": replace_suffix(job.output, ".dwo"),
-                 "output": job.output}
+        paths = {"output": job.output}
+        if "-gsplit-dwarf" in job.remote_args:  # a host adds nothing else
+            paths["dwo"] = replace_suffix(job.output, ".dwo")
         names = [o.get("name") if isinstance(o, dict) else None
                  for o in outputs]
-        if "-gsplit-dwarf" not in job.remote_args:
-            del paths["dwo"]        # a host may not add what nobody asked
         if "output" not in names or not set(names) <= set(paths) or \
                 len(set(names)) != len(names):
             raise ProtocolError(("RESULT has outputs %r" % (names,))[:200])
@@ -1935,23 +1702,21 @@ def compile_remote(config, job, hosts, host, prepared, state):
     sys.stderr.buffer.write(clean_output(got[1]))
     sys.stdout.buffer.write(clean_output(got[0]))
     state.record["write_ms"] = round((time.monotonic() - started) * 1000)
-    trace("%s compiled on %s: status %d" % (job.source, host.hostname,
-                                            status))
+    trace("%s compiled on %s: status %d"
+          % (job.source, host.hostname, status))
     return status, None
 
 
 def send_job(config, host, parts, state, local_hosts=()):
-    """Send a JOB (body PARTS) to HOST through its relay and wait for the
-    answer; return (RESULT body, None), or (None, a Slot of LOCAL_HOSTS)
-    when the job was taken back from the host's queue.
-
-    Raises TransportError when the relay says nothing, not even a PROGRESS
-    frame, for the connect and I/O timeouts together (a stopped relay),
-    when the host's compiler uses no CPU for DISTCC_IO_TIMEOUT (a stuck
-    compiler) or the job outlives DISTCC_JOB_TIMEOUT; RelayLost, and
+    """Send a JOB (body PARTS) to HOST through its relay and wait; return
+    (RESULT body, None), or (None, a Slot of LOCAL_HOSTS) when taken back.
+    Raises TransportError when the relay is silent for the connect and I/O
+    timeouts together, the host's compiler uses no CPU for
+    DISTCC_IO_TIMEOUT or the job outlives DISTCC_JOB_TIMEOUT; RelayLost,
     ProtocolError or Rejected as the relay or host says."""
     import select
     import time
+    slots = os.path.join(config.dir, "slots")
     s = connect_relay(config, host)
     try:
         silence = config.connect_timeout + config.io_timeout
@@ -1963,9 +1728,8 @@ def send_job(config, host, parts, state, local_hosts=()):
         except OSError as e:
             raise RelayLost("relay connection failed: %s" % e)
         state.set_phase("compile", host.hostname)
-        now = time.monotonic()
+        heard = moved = now = time.monotonic()  # last frame, last CPU use
         deadline = now + config.job_timeout
-        heard = moved = now          # last frame; last CPU the compiler used
         phase, cpu = "compile", None
         while True:
             wait = TAKE_BACK_POLL if phase == "queue" and local_hosts \
@@ -1998,11 +1762,8 @@ def send_job(config, host, parts, state, local_hosts=()):
                 raise TransportError("no answer in %d s" % config.job_timeout,
                                      "raise %s for longer compiles"
                                      % ENV_JOB_TIMEOUT)
-            if phase == "queue" and local_hosts and not others_queued(
-                    os.path.join(config.dir, "slots")):
-                slot = take_free_slot(config, os.path.join(config.dir,
-                                                           "slots"),
-                                      local_hosts)
+            if phase == "queue" and local_hosts and not others_queued(slots):
+                slot = take_free_slot(config, slots, local_hosts)
                 if slot is not None:
                     return None, slot   # closing s cancels the host's job
     finally:
@@ -2010,10 +1771,8 @@ def send_job(config, host, parts, state, local_hosts=()):
 
 
 def read_answer_frame(s):
-    """Read the next frame from relay socket S: return (PROGRESS, body) or
-    (RESULT, body).
-
-    Raises as send_job."""
+    """Return (PROGRESS or RESULT, body) of the next frame from relay
+    socket S.  Raises as send_job."""
     import _socket
     try:
         frame = read_frame(SocketReader(s))
@@ -2048,23 +1807,18 @@ class SocketReader:
     def read(self, n):
         return self.sock.recv(n)
 
-    def readinto(self, view):
-        return self.sock.recv_into(view)
-
 
 def collect_extra_files(names, packed):
     """Return [(name, compressed contents)] of the local files NAMES (a
-    server's 'missing' list), within the limits; [] if there are none.
-    Only files that the job's text, PACKED, says it included (its line
-    markers name them), relative and without "..", are ever read: a host
-    may ask for anything."""
+    server's 'missing' list), within the limits; [] if there are none."""
     if not isinstance(names, list) or not names:
         return []
+    # A host may ask for anything: read only relative names without ".."
+    # that the job's text, PACKED, included (its line markers name them).
     import re
     included = set(re.findall(rb'(?m)^# [0-9]+ "([^"]*)"',
                               zlib.decompress(packed)))
-    extra = []
-    total = 0
+    extra, total = [], 0
     for name in names[:MAX_EXTRA_FILES]:
         if not isinstance(name, str) or not spelled_name(name) or \
                 name.encode("utf-8", "surrogateescape") not in included or \
@@ -2088,10 +1842,9 @@ PLAIN_BYTES = bytes(b for b in range(256) if 32 <= b < 127 or b > 127 or
 
 
 def clean_output(data):
-    """Return the output DATA of a host's compiler with every control
-    character made "?", but tab, newline and the escape sequences of
-    colour (SGR, and EL as gcc uses it): a host may send anything to a
-    terminal."""
+    """Return a host compiler's output DATA with every control character
+    but tab, newline and colour (SGR, and EL as gcc uses it) made "?"."""
+    # A host may send anything to a terminal.
     if not bytes(data).translate(None, PLAIN_BYTES):
         return data
     import re
@@ -2102,8 +1855,7 @@ def clean_output(data):
 
 def write_output(path, data):
     """Write DATA to PATH atomically: a temp name beside it, then rename."""
-    d = os.path.dirname(path) or "."
-    tmp = os.path.join(d, ".%s.%d.%s.tmp" % (
+    tmp = os.path.join(os.path.dirname(path) or ".", ".%s.%d.%s.tmp" % (
         os.path.basename(path), os.getpid(), os.urandom(3).hex()))
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
@@ -2119,8 +1871,7 @@ def write_output(path, data):
 
 
 def run_local(argv):
-    """Run the local compiler as a child (a slot is held) at
-    LOCAL_SLOT_NICE; return its status."""
+    """Run the local compiler at LOCAL_SLOT_NICE; return its status."""
     trace("local slot: %s" % " ".join(argv))
     try:
         path = find_program(argv[0])
@@ -2145,6 +1896,7 @@ def exec_local(argv, reason):
     except OSError as e:
         raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
                          "is the compiler installed and on PATH?")
+
 
 PHASES = ("wait", "preprocess", "send", "queue", "compile", "local")
 PHASE_WIDTH = 10                     # the phase is padded, rewritten in place
@@ -2209,9 +1961,9 @@ def job_state_path(directory, pid):
 
 
 def append_stats(directory, line):
-    """Append one record LINE to $DISTCC_DIR/stats (one write, so lines of
-    concurrent wrappers never interleave); rotate it to stats.old past
-    STATS_LIMIT."""
+    """Append one record LINE to $DISTCC_DIR/stats, rotating it to
+    stats.old past STATS_LIMIT."""
+    # One write, so that lines of concurrent wrappers never interleave.
     path = os.path.join(directory, "stats")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
@@ -2227,17 +1979,13 @@ def append_stats(directory, line):
 
 
 def summarize_if_idle(config):
-    """With DISTCC_VERBOSE, trace the summary line of the jobs since the
-    last summary when no other job is in flight: at the end of a build,
-    and wherever a build waits on a lone step."""
-    if not Log.verbose:
+    """With DISTCC_VERBOSE, trace a summary of the jobs since the last one
+    when no other job is in flight (a build's end, or a lone step)."""
+    if not Log.verbose or read_job_states(config.dir):
         return
     import fcntl
-    directory = config.dir
-    if read_job_states(directory):
-        return
     try:
-        fd = os.open(os.path.join(directory, "stats.summary"),
+        fd = os.open(os.path.join(config.dir, "stats.summary"),
                      os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
     except OSError:
         return  # no state dir: nothing was recorded
@@ -2245,7 +1993,7 @@ def summarize_if_idle(config):
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
         offset = int(text) if text.isdigit() else None
-        records, end = read_stats(directory, offset)
+        records, end = read_stats(config.dir, offset)
         if records:
             trace("summary: " + format_summary(summarize_stats(records)))
         os.pwrite(fd, b"%-20d\n" % end, 0)
@@ -2253,19 +2001,16 @@ def summarize_if_idle(config):
         pass  # another wrapper is printing it
     finally:
         os.close(fd)
-
 # ---------------------------------------------------------------------------
 # Relay and transport
 #
 # One relay per host: it takes a lockfile, binds a Unix socket in
-# $DISTCC_DIR, detaches, and then forwards every wrapper's JOB over one ssh
-# session, renumbering frames so that many jobs share the stream.  While a
-# job is on the host the relay passes the host's PROGRESS frames on to its
-# wrapper, and a wrapper that hangs up has the host drop the job (CANCEL).
-# If ssh dies, the jobs in flight get a transport ERROR (their wrappers
-# compile locally) and the next job starts a new session.  The wrapper's
-# side of this section is connect_relay(), which hides the lock, the fork
-# and the socket.
+# $DISTCC_DIR, detaches, and multiplexes every wrapper's JOB (renumbered),
+# the host's PROGRESS and its answer over one ssh session; a wrapper that
+# hangs up has its job CANCELled.  If ssh dies, the jobs in flight get a
+# transport ERROR (their wrappers compile locally) and the next job starts a
+# new session.  The wrapper's side is connect_relay(), which hides the lock,
+# the fork and the socket.
 
 
 def state_dir(config):
@@ -2273,15 +2018,15 @@ def state_dir(config):
 
     Raises UsageError if it is not ours or others can write to it."""
     path = config.dir
+    own = "set DISTCC_DIR to a directory you own"
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
     except OSError as e:
-        raise UsageError("cannot create %s: %s" % (path, e.strerror),
-                         "set DISTCC_DIR to a directory you own")
+        raise UsageError("cannot create %s: %s" % (path, e.strerror), own)
     if st.st_uid != os.getuid():
-        raise UsageError("%s belongs to uid %d, not to you" % (path, st.st_uid),
-                         "set DISTCC_DIR to a directory you own")
+        raise UsageError("%s belongs to uid %d, not to you"
+                         % (path, st.st_uid), own)
     if st.st_mode & 0o022:
         raise UsageError("%s is writable by others (mode %o)"
                          % (path, st.st_mode & 0o777),
@@ -2308,21 +2053,19 @@ def connect_relay(config, host):
     import _socket
     import time
     sock_path, lock_path = relay_paths(config, host)
-    deadline = time.monotonic() + 10.0
-    delay = 0.005
+    deadline, delay = time.monotonic() + 10.0, 0.005
     while True:
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(config.connect_timeout)   # a full backlog blocks
         try:
             s.connect(sock_path)
             return s
-        except _socket.timeout:
-            s.close()
-            raise TransportError("the relay at %s accepts no connection"
-                                 % sock_path, "is it stopped? distcc.py "
-                                 "--stop ends it")
         except OSError as e:
             s.close()
+            if isinstance(e, _socket.timeout):
+                raise TransportError("the relay at %s accepts no connection"
+                                     % sock_path, "is it stopped? distcc.py "
+                                     "--stop ends it")
             if e.errno not in (errno.ENOENT, errno.ECONNREFUSED):
                 raise TransportError("cannot reach the relay at %s: %s"
                                      % (sock_path, e.strerror))
@@ -2337,7 +2080,6 @@ def connect_relay(config, host):
 def start_relay(config, host, sock_path, lock_path):
     """Start HOST's relay unless another process is starting or running it.
 
-    Returns once a relay is (being) started; the caller polls the socket.
     Raises UsageError for a DISTCC_SSH that cannot be split: here, where
     the build sees it, not in the detached relay."""
     import fcntl
@@ -2346,18 +2088,15 @@ def start_relay(config, host, sock_path, lock_path):
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                return  # another wrapper is starting it, or it runs
-            raise
+        except (BlockingIOError, PermissionError):
+            return  # another wrapper is starting it, or it runs
         listener = bind_listener(sock_path)
         pid = os.fork()
         if pid == 0:
             try:
                 os.setsid()
-                if os.fork() != 0:
-                    os._exit(0)
-                run_relay_child(config, host, listener, fd, sock_path)
+                if os.fork() == 0:
+                    run_relay_child(config, host, listener, fd, sock_path)
             finally:
                 os._exit(0)
         listener.close()
@@ -2371,9 +2110,7 @@ def bind_listener(sock_path):
 
     The caller holds the relay lock, so no live relay owns the path."""
     import socket
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
             probe.connect(sock_path)
         except OSError:
@@ -2382,20 +2119,18 @@ def bind_listener(sock_path):
             except FileNotFoundError:
                 pass  # nothing stale to remove
         else:
-            probe.close()
             raise TransportError("a relay answers on %s without holding its "
                                  "lock" % sock_path)
-        finally:
-            probe.close()
-        old = os.umask(0o177)
-        try:
-            s.bind(sock_path)
-        finally:
-            os.umask(old)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        s.bind(sock_path)
         s.listen(128)
     except BaseException:
         s.close()
         raise
+    finally:
+        os.umask(old)
     return s
 
 
@@ -2408,8 +2143,7 @@ def run_relay_child(config, host, listener, lock_fd, sock_path):
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    os.close(devnull)
-    close_other_fds({listener.fileno(), lock_fd})
+    close_other_fds({listener.fileno(), lock_fd})   # devnull's own too
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, b"%d\n" % os.getpid())
     relay = Relay(host, config, listener)
@@ -2430,11 +2164,10 @@ def run_relay_child(config, host, listener, lock_fd, sock_path):
         if stopped:
             import subprocess
             argv = build_ssh_argv(config.ssh_command, host, config.dir)
-            subprocess.call(argv[:argv.index("--")] + ["-O", "exit",
-                                                       host.hostname],
-                            stdin=subprocess.DEVNULL, timeout=10,
-                            stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+            argv[argv.index("--"):] = ["-O", "exit", host.hostname]
+            null = subprocess.DEVNULL
+            subprocess.call(argv, stdin=null, stdout=null, stderr=null,
+                            timeout=10)
         trace("relay for %s exits" % host.spec)
 
 
@@ -2444,12 +2177,11 @@ def close_other_fds(keep):
         fds = [int(n) for n in os.listdir("/proc/self/fd")]
     except OSError:
         fds = range(3, 256)
-    for fd in fds:
-        if fd > 2 and fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the listing's own descriptor, already closed
+    for fd in set(fds).difference(keep, (0, 1, 2)):
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the listing's own descriptor, already closed
 
 
 def peer_creds(sock):
@@ -2457,12 +2189,11 @@ def peer_creds(sock):
     SOCK, or (None, None) where the platform cannot say."""
     import socket
     import struct
-    if hasattr(socket, "SO_PEERCRED"):
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                struct.calcsize("3i"))
-        pid, uid, _ = struct.unpack("3i", creds)
-        return pid, uid
-    return None, None
+    if not hasattr(socket, "SO_PEERCRED"):
+        return None, None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                            struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[:2]
 
 
 def hung_up(sock):
@@ -2482,8 +2213,7 @@ class Relay:
 
     def __init__(self, host, config, listener):
         import threading
-        self.host = host
-        self.config = config
+        self.host, self.config = host, config
         self.listener = listener       # bound, listening Unix socket
         self.lock = threading.Lock()   # guards active and mismatches
         self.connect_lock = threading.Lock()   # one ssh start at a time
@@ -2496,6 +2226,7 @@ class Relay:
     def get_session(self):
         """Return a live session, starting ssh if there is none."""
         import time
+        config, host = self.config, self.host
         with self.connect_lock:
             if self.session is not None and self.session.failure is None:
                 return self.session
@@ -2504,21 +2235,20 @@ class Relay:
             if self.connect_failure and time.monotonic() - \
                     self.connect_failure[0] < RELAY_RECONNECT_DELAY:
                 raise TransportError(self.connect_failure[1])
-            ssh = self.config.ssh_command
-            argv = build_ssh_argv(ssh, self.host, self.config.dir)
+            argv = build_ssh_argv(config.ssh_command, host, config.dir)
             trace("connecting: %s" % " ".join(argv))
             try:
-                self.session = Session(argv, self.config.connect_timeout,
-                                       self.config.io_timeout)
+                self.session = Session(argv, config.connect_timeout,
+                                       config.io_timeout)
             except TransportError as e:
                 self.connect_failure = (time.monotonic(), e.detail)
                 raise
             self.connect_failure = None
-            write_host_note(self.config, self.host, "cpus",
+            write_host_note(config, host, "cpus",
                             "%s\n" % (self.session.cpus or ""))
-            write_host_note(self.config, self.host, "mismatch", "")
+            write_host_note(config, host, "mismatch", "")
             trace("connected to %s (server %s)"
-                  % (self.host.hostname, self.session.server_version))
+                  % (host.hostname, self.session.server_version))
             return self.session
 
     def local_identity(self, path):
@@ -2541,15 +2271,13 @@ class Relay:
         with self.lock:
             noted = (session, compiler) in self.mismatches
             self.mismatches.add((session, compiler))
+        theirs, ours = (s.replace("\n", ", ") for s in (theirs, ours))
         if not noted:               # once per session, for --show-hosts
             write_host_note(self.config, self.host, "mismatch",
-                            "%s: %s there, %s here\n" % (
-                                compiler, theirs.replace("\n", ", "),
-                                ours.replace("\n", ", ")), append=True)
+                            "%s: %s there, %s here\n"
+                            % (compiler, theirs, ours), append=True)
         raise Rejected("%s on %s differs from the local one (%s there, %s "
-                       "here)" % (compiler, self.host.hostname,
-                                  theirs.replace("\n", ", "),
-                                  ours.replace("\n", ", ")))
+                       "here)" % (compiler, self.host.hostname, theirs, ours))
 
     def serve_wrapper(self, conn):
         """Forward one wrapper's job, the host's PROGRESS and the answer."""
@@ -2560,19 +2288,15 @@ class Relay:
                 return
             out = conn.makefile("wb")
             try:
-                frame = read_frame(conn.makefile("rb"))
-            except ProtocolError as e:
-                write_frame(out, ERROR, 0, error_body("protocol", str(e),
-                                                      MARSHAL))
-                return
-            if frame is None:
-                return
-            kind, _, body = frame
-            if kind != JOB:
-                write_frame(out, ERROR, 0, error_body(
-                    "protocol", "expected a JOB frame", MARSHAL))
-                return
-            try:
+                try:
+                    frame = read_frame(conn.makefile("rb"))
+                except ProtocolError as e:
+                    raise ProtocolError(str(e))   # "protocol: ..." as sent
+                if frame is None:
+                    return
+                kind, _, body = frame
+                if kind != JOB:
+                    raise ProtocolError("expected a JOB frame")
                 # Wrappers speak marshal, hosts JSON (see Framing); the
                 # blobs pass through as views, never copied.
                 meta, blobs = unpack_body(body, MARSHAL)
@@ -2580,8 +2304,7 @@ class Relay:
                 self.check_compiler(session, meta)
                 job_id, pending = session.start(JOB, pack_body(meta, blobs))
                 kind, answer = session.wait(
-                    JOB, pending,
-                    lambda progress: write_frame(out, PROGRESS, 0, progress),
+                    JOB, pending, lambda p: write_frame(out, PROGRESS, 0, p),
                     gone=lambda: hung_up(conn))
                 if kind is None:
                     trace("job %d: its wrapper is gone; cancelled" % job_id)
@@ -2601,35 +2324,33 @@ class Relay:
             with self.lock:
                 self.active -= 1
 
+    def spawn(self, conn):
+        """Serve the wrapper on CONN in a thread of its own."""
+        import threading
+        conn.settimeout(None)
+        with self.lock:
+            self.active += 1
+        threading.Thread(target=self.serve_wrapper, args=(conn,),
+                         daemon=True).start()
 
     def serve(self):
         """Accept wrappers until idle for the relay timeout."""
         import socket
-        import threading
         import time
         self.listener.settimeout(1.0)
         idle_since = time.monotonic()
         while True:
             try:
-                conn, _ = self.listener.accept()
+                self.spawn(self.listener.accept()[0])
+                idle_since = time.monotonic()
             except socket.timeout:
-                with self.lock:
-                    busy = self.active > 0
-                if busy:
+                if self.active:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > self.config.relay_timeout:
                     return
-                continue
             except OSError as e:
-                if e.errno in (errno.EINTR, errno.ECONNABORTED):
-                    continue
-                raise
-            conn.settimeout(None)
-            with self.lock:
-                self.active += 1
-            idle_since = time.monotonic()
-            threading.Thread(target=self.serve_wrapper, args=(conn,),
-                             daemon=True).start()
+                if e.errno not in (errno.EINTR, errno.ECONNABORTED):
+                    raise
 
     def shutdown(self, sock_path):
         """Stop taking wrappers, serve those already queued, close ssh."""
@@ -2638,25 +2359,15 @@ class Relay:
             os.unlink(sock_path)
         except FileNotFoundError:
             pass  # a wrapper-side cleanup got there first
-        # Connections that reached the backlog before the unlink still get
-        # served.
+        # Serve the wrappers that reached the backlog before the unlink.
         self.listener.setblocking(False)
-        import threading
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                break
-            conn.setblocking(True)
-            with self.lock:
-                self.active += 1
-            threading.Thread(target=self.serve_wrapper, args=(conn,),
-                             daemon=True).start()
+        try:
+            while True:
+                self.spawn(self.listener.accept()[0])
+        except OSError:
+            pass  # the backlog is empty
         self.listener.close()
-        while True:
-            with self.lock:
-                if self.active == 0:
-                    break
+        while self.active:
             time.sleep(0.05)
         if self.session is not None:
             self.session.close()
@@ -2698,33 +2409,26 @@ def build_ssh_argv(ssh_command, host, control_dir):
     """Return the argv that runs the server on HOST over ssh.
 
     SSH_COMMAND is DISTCC_SSH already split once with shlex."""
-    argv = list(ssh_command)
-    argv += [
-        # Never prompt for a password or a host key in the middle of a build.
-        "-o", "BatchMode=yes",
-    ] + control_options(control_dir) + [
+    import shlex
+    # Never prompt for a password or a host key in the middle of a build.
+    argv = list(ssh_command) + ["-o", "BatchMode=yes"]
+    argv += control_options(control_dir) + [
         # Notice a dead peer instead of waiting on it forever.
         "-o", "ServerAliveInterval=" + SERVER_ALIVE_INTERVAL,
         "-o", "ServerAliveCountMax=3",
         # We compress with zlib ourselves; doing it twice wastes CPU.
-        "-o", "Compression=no",
-        "-T", "-e", "none",
-    ]
+        "-o", "Compression=no", "-T", "-e", "none"]
     if host.user:
         argv += ["-l", host.user]
-    import shlex
     command = shlex.quote(host.command or DEFAULT_REMOTE_COMMAND) + " -i"
-    argv += ["--", host.hostname, command]
-    return argv
+    return argv + ["--", host.hostname, command]
 
 
 def control_options(control_dir):
-    """The ssh options of a ControlMaster in CONTROL_DIR: one master per
-    host, so a respawned relay reconnects without a handshake.  Where the
-    socket's path would be too long for a Unix socket (ssh binds it as
-    PATH.<16 random characters>; %C is a 40-character hash), options that
-    turn the master off: the relay's own session does without, and the
-    trace says so."""
+    """The ssh options of a ControlMaster in CONTROL_DIR (one per host, so
+    a respawned relay reconnects without a handshake), or of none where its
+    socket's path would be too long (ssh binds it as PATH.<16 random
+    characters>; %C is a 40-character hash)."""
     path = os.path.join(control_dir, "cm-%C")
     if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
             SOCKET_PATH_LIMIT:
@@ -2737,8 +2441,7 @@ def control_options(control_dir):
 
 
 class Pending:
-    """A job in flight on a session, and what its waiter has not yet been
-    told of it."""
+    """A job in flight on a session, and what its waiter has yet to hear."""
 
     def __init__(self):
         import threading
@@ -2754,7 +2457,6 @@ class Session:
         import subprocess
         import threading
         import time
-        self.argv = argv
         self.query_timeout = connect_timeout  # a query is quick, or lost
         self.lock = threading.Lock()
         self.pending = {}             # job id -> Pending
@@ -2811,8 +2513,8 @@ class Session:
 
     def exit_message(self):
         """Describe why the ssh process ended, with ssh's own words."""
-        status = self.proc.poll()
         import time
+        status = self.proc.poll()
         for _ in range(20):        # let the stderr thread catch up
             if self.stderr_tail or status is None:
                 break
@@ -2829,11 +2531,8 @@ class Session:
     def read_frames(self):
         import time
         try:
-            while True:
-                frame = read_frame(self.proc.stdout)
-                if frame is None:
-                    break
-                kind, job_id, body = frame
+            for kind, job_id, body in iter(
+                    lambda: read_frame(self.proc.stdout), None):
                 with self.lock:
                     self.last_heard = time.monotonic()
                     pending = self.pending.get(job_id) if kind == PROGRESS \
@@ -2887,7 +2586,7 @@ class Session:
         """Send one frame and wait for its answer; return (type, body).
         Past TIMEOUT seconds without one, the session is failed.
 
-        Raises TransportError if the session dies first."""
+        Raises TransportError if the session is dead."""
         _, pending = self.start(kind, parts)
         return self.wait(kind, pending, timeout=timeout)
 
@@ -2901,12 +2600,10 @@ class Session:
             if self.failure is not None:
                 raise TransportError(self.failure)
             if not self.pending:
-                # Silence before this job is not the host's: the watch
-                # counts from now (a build may pause longer than the
-                # I/O timeout between two jobs).
+                # The watch counts from now: a build may pause longer
+                # than the I/O timeout between two jobs.
                 self.last_heard = time.monotonic()
-            job_id = self.next_id
-            self.next_id = (self.next_id % 0xFFFFFFFE) + 1
+            job_id, self.next_id = self.next_id, self.next_id % 0xFFFFFFFE + 1
             self.pending[job_id] = pending
         self.send(kind, job_id, parts)
         return job_id, pending
@@ -2920,22 +2617,19 @@ class Session:
             self.fail("cannot write to ssh: %s" % e)
 
     def wait(self, kind, pending, tell=None, timeout=None, gone=None):
-        """Wait for the answer to the job that start() returned PENDING
-        for; return (type, body).  TELL(body), if given, gets each of the
-        host's PROGRESS bodies for the job as it comes (as marshal), and
-        an empty one every PROGRESS_INTERVAL when the host says nothing.
-        GONE(), if given, is asked every HANGUP_POLL seconds whether the
-        waiter has given up on the job; then (and when TELL fails)
-        (None, None) is returned instead of an answer.  Past TIMEOUT
-        seconds without an answer, the session is failed."""
+        """Wait for the answer to the job start() gave PENDING for; return
+        (type, body), or (None, None) once GONE() (asked every HANGUP_POLL
+        seconds) says its waiter gave up, or TELL fails.  TELL(body) gets
+        each of the host's PROGRESS bodies for the job (as marshal), and an
+        empty one every PROGRESS_INTERVAL of silence.  Past TIMEOUT seconds
+        without an answer, the session is failed."""
         import time
         now = time.monotonic()
-        deadline = None if timeout is None else now + timeout
+        deadline = now + (float("inf") if timeout is None else timeout)
         beat = now + PROGRESS_INTERVAL
         while True:
-            wait = min(beat - now, HANGUP_POLL if gone else PROGRESS_INTERVAL)
-            if deadline is not None:
-                wait = min(wait, deadline - now)
+            wait = min(beat - now, deadline - now,
+                       HANGUP_POLL if gone else PROGRESS_INTERVAL)
             with pending.changed:
                 pending.changed.wait_for(
                     lambda: pending.frame or pending.progress is not None,
@@ -2945,7 +2639,7 @@ class Session:
             if frame:
                 return frame
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 # fail() answers every job in flight, this one too.
                 self.fail("no answer to a %s in %d s"
                           % (FRAME_NAMES[kind], timeout))
@@ -2966,33 +2660,26 @@ class Session:
         self.send(CANCEL, job_id, [b""])
 
     def identity(self, compiler):
-        """Return the host's identity string of COMPILER, asking the host
-        once per session.
+        """Return the host's identity of COMPILER, asked once a session.
 
-        Raises Rejected if the host does not have it, TransportError if the
-        session dies."""
+        Raises Rejected if the host lacks it, TransportError if the session
+        dies."""
         with self.lock:
-            entry = self.identities.get(compiler)
-            owner = entry is None
-            if owner:
-                entry = self.identities[compiler] = Pending()
-        if owner:
-            try:
-                kind, body = self.call(QUERY, pack_body({"compiler": compiler}),
-                                       timeout=self.query_timeout)
-                if kind == ERROR:
-                    raise_error_body(body)
-                meta, _ = unpack_meta(body)
-                answer = meta.get("identity")
-                if not isinstance(answer, str) or not answer:
-                    answer = Rejected(str(meta.get("error"))[:200])
-            except DistccError as e:
-                answer = e
-            with entry.changed:
+            entry = self.identities.setdefault(compiler, Pending())
+        with entry.changed:         # the first caller asks, the others wait
+            if entry.frame is None:
+                try:
+                    kind, body = self.call(QUERY, pack_body(
+                        {"compiler": compiler}), timeout=self.query_timeout)
+                    if kind == ERROR:
+                        raise_error_body(body)
+                    meta, _ = unpack_meta(body)
+                    answer = meta.get("identity")
+                    if not isinstance(answer, str) or not answer:
+                        answer = Rejected(str(meta.get("error"))[:200])
+                except DistccError as e:
+                    answer = e
                 entry.frame = answer
-                entry.changed.notify_all()
-        with entry.changed:
-            entry.changed.wait_for(lambda: entry.frame is not None)
         if isinstance(entry.frame, DistccError):
             raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
         return entry.frame
@@ -3006,12 +2693,10 @@ def relay_progress(body):
         meta = load_meta(bytes(body)) if body else {}
     except ProtocolError:
         meta = {}
-    told = {}
-    if meta.get("state") in ("queue", "compile"):
-        told["state"] = meta["state"]
-    if isinstance(meta.get("cpu"), (int, float)) and \
-            not isinstance(meta["cpu"], bool):
-        told["cpu"] = float(meta["cpu"])
+    state, cpu = meta.get("state"), meta.get("cpu")
+    told = {"state": state} if state in ("queue", "compile") else {}
+    if type(cpu) in (int, float):           # JSON's numbers, not a bool
+        told["cpu"] = float(cpu)
     return dump_meta(told, MARSHAL)
 
 
@@ -3030,15 +2715,12 @@ def find_banner(f):
         if line.startswith(BANNER_PREFIX):
             fields = line.decode("ascii", "replace").split()
             if len(fields) >= 3 and fields[1] == str(PROTOCOL):
-                cpus = None
-                for field in fields[3:]:
-                    if field.startswith("cpus=") and field[5:].isdigit():
-                        cpus = min(int(field[5:]), MAX_HOST_CPUS)
-                return fields[2], cpus
-            raise ProtocolError("server speaks %r, we speak protocol %d"
-                                % (line.strip().decode("ascii", "replace"),
-                                   PROTOCOL),
-                                "install the same distcc.py on both ends")
+                cpus = [min(int(x[5:]), MAX_HOST_CPUS) for x in fields[3:]
+                        if x.startswith("cpus=") and x[5:].isdigit()]
+                return fields[2], (cpus[-1] if cpus else None)
+            raise ProtocolError("server speaks %r, we speak protocol %d" % (
+                line.strip().decode("ascii", "replace"), PROTOCOL),
+                "install the same distcc.py on both ends")
         seen += line
     raise ProtocolError("no banner in the first %d bytes%s"
                         % (BANNER_NOISE_LIMIT, noise_note(seen)),
@@ -3052,42 +2734,34 @@ def noise_note(seen):
     text = bytes(seen[:80]).decode("ascii", "replace")
     text = "".join(c if c.isprintable() else "." for c in text)
     return " (received: %r)" % text
-
 # ---------------------------------------------------------------------------
 # Server (-i)
 #
 # The stdio loop that runs compilers for a client.  Each JOB gets a private
-# temp dir that mirrors the client's paths, so that the object records the
-# client's names; prefix maps remove the temp dir from debug info.  Runs
-# only compilers, only on text the client preprocessed, written to a
-# regular file before the compiler starts, and answers every rejection with
-# an ERROR frame.
-#
-# It compiles as many jobs at once as it has CPUs (its affinity: taskset and
-# cpusets count), and the jobs beyond that wait their turn in the order they
-# came, with their text already here.  Sharing one CPU between two compilers
-# instead makes a long one late: in a pinned build of Brotli (one CPU for
-# the host, two jobs sent to it) backward_references.c crawled at half speed
-# until the end, and the build took 21.5 s; run in turn, 17.9 s (medians of
-# 5 paired builds).
+# temp dir that mirrors the client's paths, so the object records the
+# client's names (prefix maps remove the temp dir from debug info).  Runs
+# only compilers, only on text the client preprocessed, in a regular file;
+# every rejection is an ERROR frame.  As many jobs compile at once as it
+# has CPUs (taskset and cpusets count), the rest wait in order: sharing a
+# CPU makes a long job late (a pinned Brotli build, one CPU, two jobs:
+# 21.5 s; in turn 17.9 s; medians of 5 paired builds).
 
 # The lines of `CC -v` that say what code a compiler makes: its version and
 # target (not install paths, nor "Found CUDA installation ...").
 COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
+FOUND_COMPILERS = {}                    # name -> path or None, on the host
+DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
+ANSI_ESCAPE = rb"\x1b\[[0-9;]*[mK]"
 
 
 def confined_path(root, cwd, name):
     """Return ROOT + the absolute form of NAME (relative to the client's
-    CWD), which is always inside ROOT.
-
-    Raises Rejected on a name that cannot be mapped."""
+    CWD), always inside ROOT; raises Rejected on a name it cannot map."""
     if not isinstance(name, str) or not name or "\0" in name:
         raise Rejected("bad path %r" % (name,))
     full = os.path.normpath(os.path.join(cwd, name))
     if not full.startswith("/"):
         raise Rejected("path %r is not absolute on the client" % full)
-    # normpath of an absolute path has no '..' left above '/', so the
-    # result cannot leave ROOT; the directories below ROOT are ours.
     path = os.path.normpath(root + full)
     if path != root and not path.startswith(root + "/"):
         raise Rejected("path %r escapes the job directory" % name)
@@ -3095,18 +2769,16 @@ def confined_path(root, cwd, name):
 
 
 def spelled_name(name):
-    """Whether NAME, a client's relative file name, may stand on the
-    compiler's command line as spelled: normalised, no "..", and nothing
-    gcc would read as an option or a response file."""
+    """Whether NAME, a client's relative file name, may stand as spelled
+    on gcc's command line: normalised, no "..", no option or @file."""
     return isinstance(name, str) and name == os.path.normpath(name) and \
         not name.startswith(("/", "-", "@", "..")) and \
         "/../" not in name and set(name).isdisjoint("\0\n")
 
 
 def find_compiler(name):
-    """Return the full path of compiler NAME on this host's PATH.
-
-    Raises Rejected if NAME is not a compiler or is not installed."""
+    """Return the full path of compiler NAME on this host's PATH; raises
+    Rejected if NAME is not a compiler or is not installed."""
     if not is_compiler_name(name):
         raise Rejected("%r is not a compiler this server runs" % (name,),
                        "the server runs gcc, g++, cc, c++ and clang by name")
@@ -3118,14 +2790,8 @@ def find_compiler(name):
     return FOUND_COMPILERS[name]
 
 
-FOUND_COMPILERS = {}                    # name -> path or None, on the host
-
-
 def compiler_identity(path):
-    """Return the lines of `PATH -v` that say what the compiler is.
-
-    Target and version decide what object a compiler makes; install paths
-    do not."""
+    """Return the lines of `PATH -v` that say what the compiler is."""
     import re
     import subprocess
     try:
@@ -3135,14 +2801,12 @@ def compiler_identity(path):
     except (OSError, subprocess.SubprocessError) as e:
         return "error: %s" % e
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
-    keep = [line.strip() for line in lines
-            if re.search(COMPILER_VERSION_LINE, line)]
-    return "\n".join(keep) or "unknown"
+    return "\n".join(line.strip() for line in lines
+                     if re.search(COMPILER_VERSION_LINE, line)) or "unknown"
 
 
 def usable_cpus():
-    """How many CPUs this process may run on: its affinity where the
-    system tells it (Linux), else all of them."""
+    """How many CPUs this process may run on: its affinity, else all."""
     try:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
@@ -3154,15 +2818,13 @@ class Turns:
     took a ticket (a semaphore lets a newcomer jump the queue)."""
 
     def __init__(self, n):
-        import collections
         import threading
         self.free = n
         self.lock = threading.Lock()
-        self.waiting = collections.deque()
+        self.waiting = []
 
     def ticket(self):
-        """Queue up now; return the lock to acquire() when it is time to
-        hold, and to give to release() afterwards."""
+        """Queue up; return the lock to acquire() and then to release()."""
         import threading
         turn = threading.Lock()
         with self.lock:
@@ -3174,15 +2836,13 @@ class Turns:
         return turn
 
     def release(self, turn):
-        """Give up the turn held with TURN (once it was acquired) or
-        still queued on it; the next in the queue holds it then."""
+        """Give up TURN, held or still queued; the next in line gets it."""
         with self.lock:
             if turn in self.waiting:
                 self.waiting.remove(turn)
                 turn.release()          # never held: nothing to hand over
-                return
-            if self.waiting:
-                self.waiting.popleft().release()
+            elif self.waiting:
+                self.waiting.pop(0).release()
             else:
                 self.free += 1
 
@@ -3220,36 +2880,31 @@ class Server:
             if frame is None:
                 break
             kind, job_id, body = frame
-            args = (job_id, body)
             if kind == CANCEL:
                 control = self.controls.get(job_id)
                 if control is not None:  # else it has ended already
                     control.cancel()
-                continue
-            if kind == JOB and len(self.controls) >= MAX_SESSION_JOBS:
+            elif kind == JOB and len(self.controls) >= MAX_SESSION_JOBS:
                 self.send(ERROR, job_id, error_body("rejected", (
                     "%d jobs of this session are on the host already"
                     % MAX_SESSION_JOBS)))
-                continue
-            if kind == JOB:
-                target = self.run_job
-                # The queue's order is the order the jobs came in.
-                control = self.controls[job_id] = JobControl()
-                turn = self.turns.ticket()
-                if turn.locked():       # it waits: say so (see send_job)
-                    self.send(PROGRESS, job_id, progress_body(control))
-                else:
-                    control.state = "compile"
-                args += (control, turn)
-            elif kind == QUERY:
-                target = self.answer_query
+            elif kind in (JOB, QUERY):
+                target, args = self.answer_query, (job_id, body)
+                if kind == JOB:
+                    target = self.run_job
+                    control = self.controls[job_id] = JobControl()
+                    turn = self.turns.ticket()  # in the order jobs came
+                    if turn.locked():   # it waits: say so (see send_job)
+                        self.send(PROGRESS, job_id, progress_body(control))
+                    else:
+                        control.state = "compile"
+                    args += (control, turn)
+                t = threading.Thread(target=target, args=args, daemon=True)
+                t.start()
+                self.threads = [x for x in self.threads if x.is_alive()] + [t]
             else:
                 self.send(ERROR, job_id, error_body(
                     "protocol", "unexpected %s frame" % FRAME_NAMES[kind]))
-                continue
-            t = threading.Thread(target=target, args=args, daemon=True)
-            t.start()
-            self.threads = [x for x in self.threads if x.is_alive()] + [t]
         for t in self.threads:       # the client may still read answers
             t.join()
 
@@ -3257,10 +2912,9 @@ class Server:
         turn = self.query_turns.ticket()
         try:
             turn.acquire()
-            meta, _ = unpack_meta(body)
-            path = find_compiler(meta.get("compiler"))
-            answer = {"compiler": meta["compiler"],
-                      "identity": compiler_identity(path)}
+            name = unpack_meta(body)[0].get("compiler")
+            answer = {"compiler": name,
+                      "identity": compiler_identity(find_compiler(name))}
         except DistccError as e:
             answer = {"compiler": None, "error": str(e.detail)}
         finally:
@@ -3274,9 +2928,7 @@ class Server:
         while True:
             time.sleep(PROGRESS_INTERVAL)
             controls = list(self.controls.items())
-            if not controls:
-                continue
-            used = group_cpu_seconds()
+            used = group_cpu_seconds() if controls else {}
             for job_id, control in controls:
                 if not control.cancelled:
                     self.send(PROGRESS, job_id, progress_body(control, used))
@@ -3285,20 +2937,17 @@ class Server:
         import shutil
         leftovers = []               # job dirs, removed after the answer
         try:
-            queued = control.state == "queue"
             turn.acquire()
             if control.cancelled:
                 return               # taken back, or the client has gone
-            control.state = "compile"
-            if queued:
+            if control.state == "queue":
+                control.state = "compile"
                 self.send(PROGRESS, job_id, progress_body(control))
             try:
                 kind, parts = RESULT, compile_job(body, leftovers, control)
             except (Rejected, ProtocolError) as e:
                 kind, parts = ERROR, error_body(e.kind, e.detail)
-            except OSError as e:
-                # Full disk, missing temp dir: the host is at fault, not the
-                # job, so the client retries elsewhere or locally.
+            except OSError as e:  # full disk, no tmp: the host's fault
                 kind, parts = ERROR, error_body("transport",
                                                 "host error: %s" % e)
             if not control.cancelled:
@@ -3311,9 +2960,8 @@ class Server:
 
 
 class JobControl:
-    """What the server's reader and heartbeat know of one job: whether it
-    waits for its turn or compiles, its compiler's process group (its own
-    session) while it runs, and whether a CANCEL came."""
+    """What the reader and heartbeat know of a job: its state, its
+    compiler's process group (own session) while it runs, any CANCEL."""
 
     def __init__(self):
         import threading
@@ -3348,32 +2996,25 @@ class JobControl:
 
 
 def progress_body(control, used=None):
-    """The body of a PROGRESS frame for the job of CONTROL; USED maps
-    process groups to their CPU seconds (see group_cpu_seconds)."""
-    cpu = 0.0
-    if used is not None and control.group is not None:
-        cpu = used.get(control.group)
-    return dump_meta({"state": control.state, "cpu": cpu})
+    """The PROGRESS body for CONTROL's job; USED: group_cpu_seconds()."""
+    on = used is not None and control.group is not None
+    return dump_meta({"state": control.state,
+                      "cpu": used.get(control.group) if on else 0.0})
 
 
 def group_cpu_seconds():
-    """Return {process group: CPU seconds} of every process of this user
-    that /proc shows, counting the children each has reaped (cc1 and as,
-    once the driver has waited for them); {} without /proc."""
+    """Return {process group: CPU seconds, reaped children's too} in /proc."""
     ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    used = {}
     try:
-        names = os.listdir("/proc")
+        names = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
-        return used
+        return {}
+    used = {}
     for name in names:
-        if not name.isdigit():
-            continue
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
-            # After the name: state, ppid, pgrp, ..., utime, stime,
-            # cutime, cstime (fields 3, 4, 5 and 14-17 of proc(5)).
+            # After the name: state, ppid, pgrp (3-5 in proc(5)), 14-17 times
             group, ticks_used = int(fields[2]), sum(map(int, fields[11:15]))
         except (OSError, IndexError, ValueError):
             continue  # gone meanwhile, or not a process
@@ -3382,12 +3023,9 @@ def group_cpu_seconds():
 
 
 def compile_job(body, leftovers, control):
-    """Run one JOB frame's compile in a private temp dir; return the RESULT
-    body parts.  The temp dir is added to the list LEFTOVERS for the
-    caller to remove (after the answer is out).  CONTROL, the job's
-    JobControl, learns the compiler's process group.
-
+    """Compile a JOB in a temp dir put on LEFTOVERS; return the RESULT parts.
     Raises Rejected or ProtocolError for a job it will not run."""
+    import re
     import subprocess
     import tempfile
     import time
@@ -3400,138 +3038,108 @@ def compile_job(body, leftovers, control):
         raise Rejected("%d extra files, over the limit of %d"
                        % (len(extra), MAX_EXTRA_FILES))
     compiler = find_compiler(meta.get("compiler"))
-    args = meta.get("args")
+    args, mode, lang = meta.get("args"), meta.get("mode"), meta.get("lang")
     check_server_args(args)
-    mode = meta.get("mode")
     if mode not in ("-c", "-S"):
         raise Rejected("mode must be -c or -S, not %r" % (mode,))
-    lang = meta.get("lang")
     if lang is not None and lang not in DISTRIBUTABLE_LANGS:
         raise Rejected("language %r is not compiled here" % (lang,))
-    cwd = meta.get("cwd")
+    cwd, source = meta.get("cwd"), meta.get("source")
     if not isinstance(cwd, str) or not cwd.startswith("/"):
         raise Rejected("client directory %r is not absolute" % (cwd,))
     env = meta.get("env") or {}
     if not isinstance(env, dict) or not all(
             k in FORWARDED_ENV and isinstance(v, str) for k, v in env.items()):
         raise Rejected("only %s may be forwarded" % ", ".join(FORWARDED_ENV))
-    import re
-    for key, value in env.items():
-        if not re.match("(%s)?\\Z" % ENV_PATTERNS.get(key, LOCALE_PATTERN),
-                        value):
-            raise Rejected("%s=%r is not a locale setting" % (key, value[:80]))
-    family = meta.get("family")
-    source_text = decompress(blobs[0])
-    original = decompress(blobs[1])
-    # DISTCC_SAVE_TEMPS keeps the job's files, if this host allows it too.
+    for k, v in env.items():
+        if not re.match("(%s)?\\Z" % ENV_PATTERNS.get(k, LOCALE_PATTERN), v):
+            raise Rejected("%s=%r is not a locale setting" % (k, v[:80]))
+    source_text, original = decompress(blobs[0]), decompress(blobs[1])
     keep = bool(meta.get("save_temps")) and \
         os.environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
-
     root = os.path.realpath(tempfile.mkdtemp(
         prefix="distccpy-keep-" if keep else "distccpy-%d-" % os.getpid()))
     try:
         work = confined_path(root, "/", cwd)
-        source = meta.get("source")
         source_path = confined_path(root, cwd, source)
         os.makedirs(work, exist_ok=True)
         os.makedirs(os.path.dirname(source_path), exist_ok=True)
-        room = MAX_EXTRA_BYTES
+        room = MAX_EXTRA_BYTES      # extras: headers diagnostics quote
         for name, blob in zip(extra, blobs[2:]):
-            # Headers the client sent so that diagnostics can quote them.
             path = confined_path(root, cwd, name)
             data = decompress(blob, room)
             room -= len(data)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "xb") as f:
                 f.write(data)
-        maps = []
-        if family == "gcc" and lang not in PREPROCESSED_LANGS:
-            # gcc re-reads the source by name to quote lines in diagnostics,
-            # so the original goes at the source's own path and the
-            # preprocessed text beside it, mapped back to the same name.
+        if meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS:
+            # gcc re-reads the source by name to quote it in diagnostics: the
+            # original at its path, the preprocessed text beside, mapped back.
             with open(source_path, "wb") as f:
                 f.write(original)
             os.mkdir(os.path.join(root, ".pp"))
-            input_path = os.path.join(root, ".pp", os.path.basename(source))
-            maps.append("-ffile-prefix-map=%s=%s" % (input_path, source))
-            input_arg = input_path
-        else:
-            # clang names the file as the command line spells it.
-            input_path = source_path
+            input_path = input_arg = os.path.join(
+                root, ".pp", os.path.basename(source))
+            maps = ["-ffile-prefix-map=%s=%s" % (input_path, source)]
+        else:  # clang names the file as the command line spells it
+            input_path, maps = source_path, []
             input_arg = source if spelled_name(source) else source_path
         with open(input_path, "wb") as f:
             f.write(source_text)
         del source_text
-        # A relative -o is used as the client spelled it (gcc records it as
-        # the .dwo name of -gsplit-dwarf); an absolute one would name the
-        # temp dir, so it is replaced, and so is one the compiler would
-        # resolve elsewhere than we do ("..") or read as an option.
-        output = meta.get("output")
+        # A relative -o stays as spelled (gcc names the .dwo after it), but
+        # not an absolute one (naming the temp dir), "..", or an option.
+        output = output_arg = meta.get("output")
         if spelled_name(output):
             output_path = confined_path(root, cwd, output)
             os.makedirs(os.path.dirname(output_path), exist_ok=True)
-            output_arg = output
         else:
             output_path = output_arg = os.path.join(root, ".out")
         split_dwarf = "-gsplit-dwarf" in args
         if split_dwarf and output_arg != output:
             raise Rejected("-gsplit-dwarf needs a relative output name")
-        # gcc tries the map given last first, and applies one: the job's
-        # input, then the user's own maps (moved into the job dir where
-        # they name an absolute path: dpkg-buildflags adds one to every
-        # Debian build), then the job dir itself.
-        # -pipe: as reads cc1's output as it comes (a tiny job's answer
-        # comes 4-6 ms sooner here), and nothing of it lands in the object.
+        # gcc applies one map, the last given first: the input's, the user's
+        # (moved into the job dir if absolute: dpkg-buildflags adds one to
+        # every Debian build), the job dir's.  -pipe: as reads cc1's output
+        # as it comes (a tiny job answers 4-6 ms sooner); none is in the .o.
         argv = [compiler, "-pipe", "-ffile-prefix-map=%s=" % root] + [
-            moved_map(arg, root) for arg in args] + maps + [mode]
-        if lang:
-            argv += ["-x", lang]
-        argv += [input_arg, "-o", output_arg]
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in FORWARDED_ENV}
-        child_env.update(env)
-        child_env["PWD"] = work
-        # The compiler's own temp files (.s for as) go in the job's dir too:
-        # a compiler killed midway leaves nothing behind.
-        child_env["TMPDIR"] = root
+            moved_map(arg, root) for arg in args] + maps + [mode] + (
+            ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
+        child_env = {k: v for k, v in os.environ.items()
+                     if k not in FORWARDED_ENV}
+        # Its temp files (.s) in the job dir: a killed one leaves nothing.
+        child_env.update(env, PWD=work, TMPDIR=root)
         started = time.monotonic()
-        # Its own session: a CANCEL kills cc1 and as with the driver.
-        proc = subprocess.Popen(argv, cwd=work, env=child_env,
-                                stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            argv, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            start_new_session=True)     # a CANCEL kills cc1 and as too
         control.started(proc.pid)
         try:
             out, err = proc.communicate()
         finally:
             control.finished()
-        proc = subprocess.CompletedProcess(argv, proc.returncode, out, err)
-        compile_ms = round((time.monotonic() - started) * 1000)
+        result = {"status": proc.returncode, "outputs": [],
+                  "compile_ms": round((time.monotonic() - started) * 1000)}
         if proc.returncode < 0:
-            raise OSError(errno.EINTR, describe_exit(proc.returncode,
-                                                     os.path.basename(
-                                                         compiler)))
-        if proc.returncode != 0 and b"No space left on device" in proc.stderr:
+            raise OSError(errno.EINTR, describe_exit(
+                proc.returncode, os.path.basename(compiler)))
+        if proc.returncode != 0 and b"No space left on device" in err:
             raise OSError(errno.ENOSPC, "no space left in %s"
                           % os.path.dirname(root))
-        outputs = []
-        blobs_out = [proc.stdout, proc.stderr]
-        if proc.returncode == 0:
-            files = [("output", output_path)]
-            if split_dwarf:
-                files.insert(0, ("dwo", replace_suffix(output_path, ".dwo")))
-            for name, path in files:
-                with open(path, "rb") as f:
-                    data = f.read()
-                outputs.append({"name": name, "raw": len(data)})
-                blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
-        result = {"status": proc.returncode, "outputs": outputs,
-                  "compile_ms": compile_ms}
-        if family == "gcc" and proc.stderr:
-            result["missing"] = missing_sources(proc.stderr, work)
+        blobs_out = [out, err]
+        files = [("output", output_path)] if proc.returncode == 0 else []
+        if files and split_dwarf:
+            files.insert(0, ("dwo", replace_suffix(output_path, ".dwo")))
+        for name, path in files:
+            with open(path, "rb") as f:
+                data = f.read()
+            result["outputs"].append({"name": name, "raw": len(data)})
+            blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
+        if meta.get("family") == "gcc" and err:
+            result["missing"] = missing_sources(err, work)
         if keep:
             result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
         return pack_body(result, blobs_out)
@@ -3540,27 +3148,19 @@ def compile_job(body, leftovers, control):
             leftovers.append(root)
 
 
-DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
-ANSI_ESCAPE = rb"\x1b\[[0-9;]*[mK]"
-
-
 def missing_sources(stderr, work):
     """Return the relative files that diagnostics in STDERR quote but that
     are not in the job dir WORK (gcc then prints no source line)."""
     import re
-    names = set()
     plain = re.sub(ANSI_ESCAPE, b"", stderr)
-    for m in re.finditer(DIAGNOSTIC_LOCATION, plain):
-        name = m.group(1).decode("utf-8", "surrogateescape")
-        if not name.startswith("/") and not name.startswith("<") and \
-                not os.path.exists(os.path.join(work, name)):
-            names.add(name)
-    return sorted(names)[:MAX_EXTRA_FILES]
+    names = {m.group(1).decode("utf-8", "surrogateescape")
+             for m in re.finditer(DIAGNOSTIC_LOCATION, plain)}
+    return sorted(n for n in names if not n.startswith(("/", "<")) and
+                  not os.path.exists(os.path.join(work, n)))[:MAX_EXTRA_FILES]
 
 
 def moved_map(arg, root):
-    """Return ARG, or, if it is a prefix map of an absolute path, the same
-    map of that path inside the job dir ROOT."""
+    """Return ARG, or, if a prefix map of an absolute path, moved to ROOT."""
     name, _, value = arg.partition("=")
     if name in ("-ffile-prefix-map", "-fdebug-prefix-map",
                 "-fmacro-prefix-map") and value.startswith("/"):
@@ -3569,9 +3169,7 @@ def moved_map(arg, root):
 
 
 def sweep_job_dirs():
-    """Remove the job dirs that servers of this user left when they were
-    killed: they are named after the server's pid (DISTCC_SAVE_TEMPS dirs,
-    kept on purpose, are not)."""
+    """Remove the distccpy-PID-* dirs that this user's killed servers left."""
     import re
     import shutil
     import tempfile
@@ -3593,29 +3191,24 @@ def server_main():
     import gc
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "server"
-    # Frames own the channel: move it to new fds, and point fd 1 at stderr
-    # so nothing a child prints can corrupt the stream.
-    channel_in = os.dup(0)
-    channel_out = os.dup(1)
+    # Frames own the channel (new fds); fd 1 is stderr, safe from children.
+    reader = os.fdopen(os.dup(0), "rb")
+    writer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    reader = os.fdopen(channel_in, "rb")
-    writer = os.fdopen(channel_out, "wb")
     sweep_job_dirs()
     cpus = usable_cpus()
     writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus)).encode())
     writer.flush()
     Server(reader, writer, cpus).serve()
     return 0
-
 # ---------------------------------------------------------------------------
 # Commands
 #
-# What a user runs by hand: --explain, --show-hosts, --check, --monitor,
-# --stats.  They read what the wrappers and relays wrote in $DISTCC_DIR
-# and never fail a build.
+# What a user runs by hand (--explain, --show-hosts, --check, --monitor,
+# --stats): they read what wrappers and relays wrote, and never fail a build.
 
 
 def explain(argv):
@@ -3626,14 +3219,11 @@ def explain(argv):
         remote, reason = True, None
     except LocalOnly as e:
         job, remote, reason = e.job, False, e.detail
-    answer = {"remote": remote,
-              "input": job.source if job else None,
-              "output": job.output if job else None,
-              "reason": reason,
-              "language": job.lang if job else None,
-              "depfile": job.depfile if job else None}
     import json
-    sys.stdout.write(json.dumps(answer) + "\n")
+    print(json.dumps({"remote": remote, "input": job and job.source,
+                      "output": job and job.output, "reason": reason,
+                      "language": job and job.lang,
+                      "depfile": job and job.depfile}))
     return 0
 
 
@@ -3642,40 +3232,40 @@ def show_hosts(config):
     import time
     hosts = config.hosts()
     if not hosts:
-        sys.stdout.write("no hosts: set DISTCC_HOSTS or write %s/hosts\n"
-                         % config.dir)
+        print("no hosts: set DISTCC_HOSTS or write %s/hosts" % config.dir)
     for host in hosts:
         state = "compiles here" if host.is_local else "ok"
         if not host.is_local:
             try:
                 until = os.stat(backoff_path(config, host)).st_mtime
+                state = "backoff over, next job probes"
+                if until > time.time():
+                    state = "backed off until %s" % time.strftime(
+                        "%H:%M:%S", time.localtime(until))
             except FileNotFoundError:
-                until = None
-            if until is not None:
-                state = "backed off until %s" % time.strftime(
-                    "%H:%M:%S", time.localtime(until)) \
-                    if until > time.time() else "backoff over, next job probes"
-            sock, _ = relay_paths(config, host)
-            if os.path.exists(sock):
+                pass  # not backed off
+            if os.path.exists(relay_paths(config, host)[0]):
                 state += ", relay running"
             for line in read_host_note(config, host, "mismatch").splitlines():
                 state += "; compiler differs: " + line
-        sys.stdout.write("%-40s limit %-3d %s\n" % (
-            host.spec, host_slots(config, host), state))
+        print("%-40s limit %-3d %s" % (host.spec, host_slots(config, host),
+                                       state))
     return 0
 
 
 def check_host(config, spec):
-    """Diagnose one host for a new user; print a line per check and return
-    0 only when the host is usable."""
+    """Diagnose one host for a new user; return 0 only if it is usable."""
     import time
     host = parse_host(spec if "@" in spec else "@" + spec)
-    out = sys.stdout
 
     def say(ok, text):
-        out.write("%-4s %s\n" % ("ok" if ok else "FAIL", text))
-        out.flush()
+        print("%-4s %s" % ("ok" if ok else "FAIL", text), flush=True)
         return ok
+
+    def round_trip(blobs=()):
+        t = time.monotonic()
+        session.call(QUERY, pack_body({"compiler": "gcc"}, blobs))
+        return time.monotonic() - t
     argv = build_ssh_argv(config.ssh_command, host, config.dir)
     state_dir(config)
     started = time.monotonic()
@@ -3683,7 +3273,7 @@ def check_host(config, spec):
         session = Session(argv, config.connect_timeout, config.io_timeout)
     except (TransportError, ProtocolError) as e:
         say(False, "ssh %s: %s" % (host.hostname, e))
-        out.write("     command: %s\n" % " ".join(argv))
+        print("     command: %s" % " ".join(argv))
         return 1
     good = True
     try:
@@ -3691,40 +3281,29 @@ def check_host(config, spec):
             % (host.hostname, (time.monotonic() - started) * 1000))
         say(True, "distcc.py %s runs there (protocol %d, %s CPUs); here: %s"
             % (session.server_version, PROTOCOL, session.cpus, VERSION))
-        for name in ("gcc", "g++", "cc", "c++", "clang", "clang++"):
-            here = find_program(name)
-            if here is None:
-                continue
+        for name in filter(find_program,
+                           ("gcc", "g++", "cc", "c++", "clang", "clang++")):
             try:
                 theirs = session.identity(name)
             except Rejected as e:
-                out.write("--   %s: %s\n" % (name, e.detail))
+                print("--   %s: %s" % (name, e.detail))
                 continue
-            ours = compiler_identity(here)
-            same = theirs == ours
+            ours = compiler_identity(find_program(name))
+            same, text = theirs == ours, theirs.replace("\n", ", ")
+            if not same:
+                text += " there, %s here" % ours.replace("\n", ", ")
             good = say(same, "%s %s: %s" % (
-                name, "matches" if same else "differs",
-                theirs.replace("\n", ", ") if same else "%s there, %s here"
-                % (theirs.replace("\n", ", "), ours.replace("\n", ", "))
-            )) and good
+                name, "matches" if same else "differs", text)) and good
         good = check_probe_compile(session, say) and good
-        times = []
-        for _ in range(20):
-            t = time.monotonic()
-            session.call(QUERY, pack_body({"compiler": "gcc"}))
-            times.append(time.monotonic() - t)
+        times = sorted(round_trip() for _ in range(20))
         payload = os.urandom(4 << 20)
-        t = time.monotonic()
-        session.call(QUERY, pack_body({"compiler": "gcc"}, [payload]))
-        rate = len(payload) / (time.monotonic() - t) / 1e6
         say(True, "round trip %.2f ms (median of 20), throughput %.0f MB/s"
-            % (sorted(times)[10] * 1000, rate))
+            % (times[10] * 1000, len(payload) / round_trip([payload]) / 1e6))
     except DistccError as e:
         good = say(False, "%s: %s" % (host.hostname, e))
     finally:
         session.close()
-    out.write("%s is %s\n" % (host.hostname, "usable" if good else
-                                "NOT usable"))
+    print("%s is %susable" % (host.hostname, "" if good else "NOT "))
     return 0 if good else 1
 
 
@@ -3737,12 +3316,10 @@ def check_probe_compile(session, say):
         os.chdir(d)
         try:
             with open("probe.c", "w") as f:
-                f.write("#include <stdio.h>\n#define TWICE(x) ((x) * 2)\n"
-                        "int probe(int x) { return printf(\"%d\", "
-                        "TWICE(x)); }\n")
+                f.write('#include <stdio.h>\n#define TWICE(x) ((x) * 2)\nint '
+                        'probe(int x) { return printf("%d", TWICE(x)); }\n')
             argv = ["gcc", "-O2", "-g", "-c", "probe.c", "-o", "probe.o"]
-            job = scan_args(argv)
-            meta, blobs, _ = prepare_job(job)
+            meta, blobs, _ = prepare_job(scan_args(argv))
             kind, body = session.call(JOB, pack_body(meta, blobs))
             if kind == ERROR:
                 raise_error_body(body)
@@ -3763,79 +3340,63 @@ def check_probe_compile(session, say):
 
 
 def read_stats(directory, offset=None):
-    """Return (records, end offset) of $DISTCC_DIR/stats from OFFSET, or
-    of stats.old and stats when OFFSET is None; records are dicts of
-    STATS_FIELDS.  A stats file shorter than OFFSET was rotated and is read
-    whole."""
+    """Return (dicts of STATS_FIELDS, end offset) of $DISTCC_DIR/stats from
+    OFFSET (all of a shorter, rotated one), or of stats.old and stats."""
     path = os.path.join(directory, "stats")
-    chunks = []
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            start = offset if offset is not None and offset <= size else 0
-            f.seek(start)
-            chunks.append(f.read())
-            end = f.tell()
+            if offset is not None and offset <= os.fstat(f.fileno()).st_size:
+                f.seek(offset)
+            data, end = f.read(), f.tell()
     except OSError:
         return [], 0
     if offset is None:
         try:
             with open(path + ".old", "rb") as f:
-                chunks.insert(0, f.read())
+                data = f.read() + data
         except OSError:
             pass  # never rotated
     records = []
-    for line in b"".join(chunks).decode("utf-8", "replace").splitlines():
+    for line in data.decode("utf-8", "replace").splitlines():
         values = line.split("\t")
         if len(values) != len(STATS_FIELDS):
             continue  # a torn line from a full disk: skip it
         rec = dict(zip(STATS_FIELDS, values))
         try:
-            for key in STATS_FIELDS[3:-1]:
-                rec[key] = int(rec[key])
+            rec.update((key, int(rec[key])) for key in STATS_FIELDS[3:-1])
             rec["time"] = float(rec["time"])
+            records.append(rec)
         except ValueError:
-            continue
-        records.append(rec)
+            pass  # a torn line
     return records, end
 
 
 def read_job_states(directory):
     """Return the jobs in flight as dicts (pid, phase, started, host,
     source), oldest first; lines of wrappers that died are removed."""
-    jobs = []
-    folder = os.path.join(directory, "jobs")
+    folder, jobs = os.path.join(directory, "jobs"), []
     try:
         names = os.listdir(folder)
     except OSError:
         return jobs
-    for name in names:
-        if not name.isdigit():
-            continue
+    for name in filter(str.isdigit, names):
+        path = os.path.join(folder, name)
         try:
-            with open(os.path.join(folder, name), "rb") as f:
+            with open(path, "rb") as f:
                 text = f.read().decode("utf-8", "replace")
             os.kill(int(name), 0)
+            phase, started, host, source = text.rstrip("\n").split("\t")
+            jobs.append({"pid": int(name), "phase": phase.strip(),
+                         "started": float(started), "host": host,
+                         "source": source})
         except ProcessLookupError:
             try:
-                os.unlink(os.path.join(folder, name))
+                os.unlink(path)
             except OSError:
                 pass  # another reader swept it
-            continue
-        except OSError:
-            continue
-        fields = text.rstrip("\n").split("\t")
-        if len(fields) != 4:
-            continue  # being rewritten at this instant
-        try:
-            started = float(fields[1])
-        except ValueError:
-            continue
-        jobs.append({"pid": int(name), "phase": fields[0].strip(),
-                     "started": started, "host": fields[2],
-                     "source": fields[3]})
-    jobs.sort(key=lambda job: job["started"])
-    return jobs
+        except (OSError, ValueError):
+            pass  # unreadable, or being rewritten at this instant
+    return sorted(jobs, key=lambda job: job["started"])
 
 
 def summarize_stats(records):
@@ -3847,46 +3408,33 @@ def summarize_stats(records):
     for rec in records:
         outcome = rec["outcome"] if rec["outcome"] in OUTCOMES else "failed"
         totals[outcome] += 1
-        per_host = hosts.setdefault(rec["host"], dict.fromkeys(OUTCOMES, 0))
-        per_host[outcome] += 1
+        hosts.setdefault(rec["host"], dict.fromkeys(OUTCOMES, 0))[outcome] += 1
         if outcome == "local":
             # "no -c or -S: this command links" counts as "no -c or -S".
             why = rec["reason"].split(": ")[0] or "unknown"
             local_reasons[why] = local_reasons.get(why, 0) + 1
         elif outcome in ("fallback", "failed"):
             fallbacks[rec["reason"]] = fallbacks.get(rec["reason"], 0) + 1
-        for key in sizes:
-            sizes[key] += rec[key]
-        for key in times:
-            times[key] += rec[key + "_ms"]
-    return {
-        "jobs": len(records),
-        "remote": totals["remote"], "local": totals["local"],
-        "fallback": totals["fallback"], "failed": totals["failed"],
-        "hosts": {h: {k: v for k, v in c.items() if v}
-                  for h, c in sorted(hosts.items())},
-        "local_reasons": local_reasons,
-        "fallback_reasons": fallbacks,
-        "bytes": sizes,
-        "seconds": {k: round(v / 1000.0, 3) for k, v in times.items()},
-        "since": min((r["time"] for r in records), default=None),
-    }
+        sizes = {key: n + rec[key] for key, n in sizes.items()}
+        times = {key: n + rec[key + "_ms"] for key, n in times.items()}
+    return {"jobs": len(records), **totals,
+            "hosts": {h: {k: v for k, v in c.items() if v}
+                      for h, c in sorted(hosts.items())},
+            "local_reasons": local_reasons, "fallback_reasons": fallbacks,
+            "bytes": sizes,
+            "seconds": {k: round(v / 1000.0, 3) for k, v in times.items()},
+            "since": min((r["time"] for r in records), default=None)}
 
 
 def format_summary(stats):
     """One line: how many jobs ran where, and why any ran here."""
-    remote_hosts = ", ".join(
-        "%s %d" % (host, counts["remote"])
-        for host, counts in stats["hosts"].items() if counts.get("remote"))
-    text = "%d job%s: %d remote" % (stats["jobs"], "s"[stats["jobs"] == 1:],
-                                    stats["remote"])
-    if remote_hosts:
-        text += " (%s)" % remote_hosts
-    text += ", %d local" % stats["local"]
-    if stats["local_reasons"]:
-        text += " (%s)" % ", ".join(
-            "%d %s" % (n, why) for why, n in sorted(
-                stats["local_reasons"].items(), key=lambda kv: -kv[1]))
+    remote = ", ".join("%s %d" % (host, counts["remote"]) for host, counts
+                       in stats["hosts"].items() if counts.get("remote"))
+    local = ", ".join("%d %s" % (n, why) for why, n in sorted(
+        stats["local_reasons"].items(), key=lambda kv: -kv[1]))
+    text = "%d job%s: %d remote%s, %d local%s" % (
+        stats["jobs"], "s"[stats["jobs"] == 1:], stats["remote"],
+        remote and " (%s)" % remote, stats["local"], local and " (%s)" % local)
     if stats["fallback"] or stats["failed"]:
         text += ", %d fell back, %d failed (%s)" % (
             stats["fallback"], stats["failed"], ", ".join(
@@ -3896,47 +3444,40 @@ def format_summary(stats):
 
 
 def monitor(config, delay, count=None):
-    """--monitor: every DELAY seconds (COUNT times, or until Ctrl-C) show
-    the jobs in flight by host and phase, and what finished since it
-    started."""
+    """Every DELAY seconds (COUNT times, or until Ctrl-C) show the jobs in
+    flight by host and phase, and what finished since --monitor started."""
     import gc
     import time
     gc.enable()                     # long-lived: the launcher turned it off
-    directory = config.dir
     try:
-        offset = os.stat(os.path.join(directory, "stats")).st_size
+        offset = os.stat(os.path.join(config.dir, "stats")).st_size
     except OSError:
         offset = 0
-    finished = []
+    finished, shown = [], 0
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
-    shown = 0
     while count is None or shown < count:
         if shown:
             time.sleep(delay)
-        records, offset = read_stats(directory, offset)
+        records, offset = read_stats(config.dir, offset)
         finished += records
-        jobs = read_job_states(directory)
-        sys.stdout.write(clear + format_monitor(jobs, finished, time.time()))
-        sys.stdout.write("" if clear else "\n")
-        sys.stdout.flush()
+        jobs = read_job_states(config.dir)
+        print(clear + format_monitor(jobs, finished, time.time()),
+              end="" if clear else "\n", flush=True)
         shown += 1
     return 0
 
 
 def format_monitor(jobs, finished, now):
-    """One screen of --monitor: a table of hosts by phase, the jobs, and
-    the totals of FINISHED records."""
+    """One screen of --monitor: hosts by phase, the jobs, FINISHED's totals."""
     import time
     lines = ["distcc.py --monitor  %s  %d job%s in flight" % (
         time.strftime("%H:%M:%S", time.localtime(now)), len(jobs),
         "s"[len(jobs) == 1:])]
     lines.append("%-20s" % "host" + "".join("%11s" % p for p in PHASES))
-    hosts = sorted({job["host"] for job in jobs})
-    for host in hosts:
-        counts = [sum(1 for j in jobs if j["host"] == host and
-                      j["phase"] == p) for p in PHASES]
+    for host in sorted({job["host"] for job in jobs}):
+        phases = [j["phase"] for j in jobs if j["host"] == host]
         lines.append("%-20s" % (host if host != "-" else "(here)") +
-                     "".join("%11d" % n for n in counts))
+                     "".join("%11d" % phases.count(p) for p in PHASES))
     for job in jobs:
         lines.append("  %7d  %-10s %-20s %6.1fs  %s" % (
             job["pid"], job["phase"], job["host"], now - job["started"],
@@ -3945,24 +3486,19 @@ def format_monitor(jobs, finished, now):
     lines.append("finished: " + format_summary(stats))
     sizes = stats["bytes"]
     if sizes["sent"] or sizes["received"]:
-        lines.append("sent %s as %s; received %s as %s" % (
-            format_bytes(sizes["preprocessed"]), format_bytes(sizes["sent"]),
-            format_bytes(sizes["objects"]), format_bytes(sizes["received"])))
+        lines.append("sent %s as %s; received %s as %s"
+                     % tuple(map(format_bytes, sizes.values())))
     return "\n".join(lines) + "\n"
 
 
 def format_bytes(n):
     if n < 10 ** 4:
         return "%d bytes" % n
-    if n < 10 ** 7:
-        return "%.1f KB" % (n / 1e3)
-    return "%.1f MB" % (n / 1e6)
-
+    return "%.1f KB" % (n / 1e3) if n < 10 ** 7 else "%.1f MB" % (n / 1e6)
 # ---------------------------------------------------------------------------
 # Main dispatch
 #
-# Picks the role from argv, reads the configuration once, turns errors into
-# one line and an exit code.
+# Picks the role, reads the configuration once, maps errors to exit codes.
 
 USAGE = """\
 usage: distcc.py COMPILER [ARGS...]   compile, remotely when possible
@@ -3986,9 +3522,7 @@ CC="distcc.py gcc".
 
 
 def parse_monitor_args(args):
-    """Return (delay, count) of --monitor [SECONDS [COUNT]].
-
-    Raises UsageError."""
+    """Parse --monitor [SECONDS [COUNT]] into (delay, count), or UsageError."""
     try:
         delay = float(args[0]) if args else 1.0
         count = int(args[1]) if len(args) > 1 else None
@@ -4001,9 +3535,7 @@ def parse_monitor_args(args):
 
 
 def main(argv=None, invoked_as=None):
-    """Run the role ARGV asks for; return the exit status.  INVOKED_AS is
-    the name this program was run by (a compiler's name in masquerade
-    mode)."""
+    """Run the role ARGV or INVOKED_AS (as gcc) asks for; return the status."""
     if sys.version_info < (3, 8):
         sys.stderr.write("distcc.py: Python %d.%d is too old; run it with "
                          "Python 3.8 or newer (DISTCC_PYTHON)\n"
@@ -4018,14 +3550,12 @@ def main(argv=None, invoked_as=None):
         if is_compiler_name(name):
             # Masquerade: a symlink named gcc (or cc, g++, clang...) early
             # on PATH points here; the real compiler is further along.
-            config = Config(os.environ)
-            return wrapper_main([name] + argv, config)
+            return wrapper_main([name] + argv, Config(os.environ))
         if not argv or argv[0] in ("-h", "--help"):
             sys.stdout.write(USAGE + __doc__[__doc__.index("Environment:"):])
             return 0 if argv else EXIT_BAD_ARGUMENTS
         if argv[0] == "--version":
-            sys.stdout.write("distcc.py %s (protocol %d)\n"
-                             % (VERSION, PROTOCOL))
+            print("distcc.py %s (protocol %d)" % (VERSION, PROTOCOL))
             return 0
         if argv[0] == "--explain":
             if len(argv) < 2:
@@ -4049,17 +3579,15 @@ def main(argv=None, invoked_as=None):
         if argv[0] == "--show-hosts":
             return show_hosts(config)
         if argv[0] == "--monitor":
-            delay, count = parse_monitor_args(argv[1:])
-            return monitor(config, delay, count)
-        if argv[0] in ("--stats", "--summary"):
-            records, _ = read_stats(config.dir)
-            stats = summarize_stats(records)
-            if argv[0] == "--summary":
-                sys.stdout.write(format_summary(stats) + "\n")
-                return 0
+            return monitor(config, *parse_monitor_args(argv[1:]))
+        if argv[0] == "--summary":
+            print(format_summary(summarize_stats(read_stats(config.dir)[0])))
+            return 0
+        if argv[0] == "--stats":
             import json
+            stats = summarize_stats(read_stats(config.dir)[0])
             stats["in_flight"] = read_job_states(config.dir)
-            sys.stdout.write(json.dumps(stats, indent=2) + "\n")
+            print(json.dumps(stats, indent=2))
             return 0
         if argv[0] == "--zero-stats":
             for name in ("stats", "stats.old", "stats.summary"):
@@ -4069,14 +3597,12 @@ def main(argv=None, invoked_as=None):
                     pass  # nothing counted yet
             return 0
         if argv[0] == "-j":
-            hosts = config.hosts()
-            sys.stdout.write("%d\n" % max(1, sum(host_slots(config, h)
-                                                  for h in hosts)))
+            slots = sum(host_slots(config, h) for h in config.hosts())
+            print("%d" % max(1, slots))
             return 0
         if argv[0] == "--stop":
             n = relay_stop(config)
-            sys.stdout.write("stopped %d relay%s\n" % (n, "" if n == 1
-                                                        else "s"))
+            print("stopped %d relay%s" % (n, "s"[n == 1:]))
             return 0
         if argv[0].startswith("-"):
             raise UsageError("unknown option %s" % argv[0],
@@ -4100,16 +3626,14 @@ def main(argv=None, invoked_as=None):
 
 
 def launch(argv, invoked_as):
-    """Entry point of the sh launcher: run main, then leave at once.  A
-    wrapper lives for one compile, so the collector (off since start-up)
-    and the interpreter's teardown would only cost it time: together about
-    6 ms of CPU per compile here."""
+    """Entry point of the sh launcher: run main, then leave at once."""
     status = main(argv, invoked_as)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass  # a closed pipe: nothing is reading what is left
+    # Skip the collector and the interpreter's teardown: 6 ms of CPU a job.
     os._exit((status or 0) & 0xFF)
 
 
