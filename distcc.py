@@ -1555,6 +1555,7 @@ def prepare_job(job, save_temps=False):
             raise LocalOnly("preprocessing failed")
         parts = strip_builtins(text)
         if family == "gcc":
+            parts[-1:] = restore_defines(bytes(parts[-1]))
             with open(job.source, "rb") as f:
                 original = f.read()
     if save_temps:
@@ -1569,6 +1570,73 @@ def prepare_job(job, save_temps=False):
         env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         color=color_wanted(job), raw=sum(len(p) for p in parts))
     return meta, [packed, zlib.compress(original, COMPRESS_LEVEL)], cpp_err
+
+
+def restore_defines(text):
+    """Return the parts of gcc's -fdirectives-only TEXT with each #define
+    as its file spells it.
+
+    gcc prints a #define in a canonical form (no space after a parameter
+    comma, continuations joined, comments dropped) and then as many empty
+    lines as it took: every location in a macro body moves (a warning's
+    column through a macro, -g line tables).  The line markers say which
+    file and line each #define came from, so the original lines replace
+    it, line for line.  A #define whose lines do not fit stays as it is."""
+    out, files = [], {}
+    name, line = None, 1           # file and line of the line at START
+    done = start = 0
+    while start < len(text):
+        end = text.find(b"\n", start)
+        end = len(text) if end < 0 else end
+        if text.startswith(b"# ", start):
+            number, _, quoted = text[start + 2:end].partition(b" ")
+            if number.isdigit() and quoted.startswith(b'"'):
+                name, line = quoted[1:quoted.rfind(b'"')], int(number) - 1
+        elif text.startswith(b"#define ", start) and name and \
+                not name.startswith(b"<"):
+            if name not in files:
+                try:
+                    with open(os.fsdecode(name), "rb") as f:
+                        files[name] = f.read().splitlines(True)
+                except OSError:
+                    files[name] = []
+            lines = files[name]
+            n = directive_lines(lines, line - 1)
+            if n and text[end + 1:end + n] == b"\n" * (n - 1) and \
+                    macro_name(lines[line - 1]) == \
+                    macro_name(text[start:end]):
+                spelled = b"".join(lines[line - 1:line - 1 + n])
+                out += [text[done:start], spelled.rstrip(b"\n") + b"\n"]
+                done = start = end + n
+                line += n
+                continue
+        line += 1
+        start = end + 1
+    return out + [text[done:]]
+
+
+def directive_lines(lines, i):
+    """How many of LINES the directive at index I spans (backslash
+    continuations, a block comment left open); 0 if there is none."""
+    j, depth = i, 0
+    while 0 <= j < len(lines):
+        depth += lines[j].count(b"/*") - lines[j].count(b"*/")
+        j += 1
+        if depth <= 0 and not lines[j - 1].rstrip(b"\r\n").endswith(b"\\"):
+            return j - i
+    return 0
+
+
+def macro_name(line):
+    """The name that a #define line defines, or None."""
+    words = line.lstrip(b" \t#").lstrip(b" \t").split(None, 1)
+    if len(words) < 2 or words[0] != b"define":
+        return None
+    name = words[1]
+    for i, c in enumerate(name):
+        if not (c == 95 or 48 <= c <= 57 or 65 <= c <= 90 or 97 <= c <= 122):
+            return name[:i]
+    return name
 
 
 def spawn(path, argv, capture=False):

@@ -2072,6 +2072,21 @@ class TestWrapper(EndToEnd):
                         "the device node was replaced")
         self.assertIn("is not a regular file", self.trace())
 
+    def test_warnings_inside_macros_match_local(self):
+        # gcc -E -fdirectives-only prints each #define in its own spelling
+        # (spaces gone, lines joined, comments dropped): the definitions
+        # the host sees must be the file's, column for column.
+        self.write("src/mac.h", "#define HALF(a,   b)   ((a)   /   (b)) "
+                   "  /* spaced */\n")
+        self.write("src/mac.c", '#include "mac.h"\n#define TWICE(x) \\\n'
+                   '    ((x) +       \\\n     (x))\nint f(void) { return '
+                   'HALF(1, 0) + TWICE(1 / 0); }\n')
+        argv = ["gcc", "-Wall", "-g", "-O1", "-c", "src/mac.c", "-o",
+                "obj/mac.o"]
+        self.assertSameArtifacts(argv, ["obj/mac.o"])
+        self.assertIn(b"mac.h:1:31: warning: division by zero",
+                      self.local(argv).stderr)
+
     def test_pedantic_never_hangs_and_matches_local(self):
         self.write("src/p.c", "int empty[0];\nint f(void) { return 0; }\n")
         for flag in ("-pedantic", "-Wpedantic", "-pedantic-errors"):
