@@ -84,7 +84,10 @@ Environment:
                           fails instead of compiling here (compile errors
                           are never retried anyway)
     DISTCC_SAVE_TEMPS     1 keeps the text sent ($TMPDIR) and the host's job
-                          directory, and says where
+                          directory, and says where (the host's own
+                          environment must set it too)
+    DISTCC_SANDBOX        0 on a build host: compile without bubblewrap
+                          even where it is installed
 """
 
 import errno
@@ -106,7 +109,8 @@ import zlib
 VERSION = "0.4.0"
 PROTOCOL = 2                         # 2: no TEXT frames; PROGRESS per job
 BANNER_PREFIX = b"DISTCC.PY "
-BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d\n"   # protocol, version, CPUs
+BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d sandbox=%s\n"  # protocol, version,
+                                     # CPUs, "bwrap" or "none"
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
 
 # A header is the magic, type, flags, job id and length, as struct's
@@ -152,6 +156,7 @@ ENV_IO_TIMEOUT = "DISTCC_IO_TIMEOUT"
 ENV_JOB_TIMEOUT = "DISTCC_JOB_TIMEOUT"
 ENV_SKIP_LOCAL_RETRY = "DISTCC_SKIP_LOCAL_RETRY"
 ENV_SAVE_TEMPS = "DISTCC_SAVE_TEMPS"
+ENV_SANDBOX = "DISTCC_SANDBOX"
 
 DEFAULT_RELAY_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 20.0
@@ -2544,7 +2549,8 @@ class Session:
         timer = threading.Timer(connect_timeout, self.proc.kill)
         timer.start()
         try:
-            self.server_version, self.cpus = find_banner(self.proc.stdout)
+            self.server_version, self.cpus, self.sandbox = find_banner(
+                self.proc.stdout)
         except TransportError:
             self.proc.wait()
             raise TransportError(self.exit_message())
@@ -2770,7 +2776,7 @@ def relay_progress(body):
 
 def find_banner(f):
     """Read past shell noise up to the server's banner line; return the
-    server's (version, CPU count or None).
+    server's (version, CPU count or None, sandbox: "bwrap" or "none").
 
     Raises ProtocolError showing what came instead, or TransportError on EOF
     (the caller knows why ssh ended)."""
@@ -2785,7 +2791,8 @@ def find_banner(f):
             if len(fields) >= 3 and fields[1] == str(PROTOCOL):
                 cpus = [min(int(x[5:]), MAX_HOST_CPUS) for x in fields[3:]
                         if x.startswith("cpus=") and x[5:].isdigit()]
-                return fields[2], (cpus[-1] if cpus else None)
+                box = "bwrap" if "sandbox=bwrap" in fields[3:] else "none"
+                return fields[2], (cpus[-1] if cpus else None), box
             raise ProtocolError("server speaks %r, we speak protocol %d" % (
                 line.strip().decode("ascii", "replace"), PROTOCOL),
                 "install the same distcc.py on both ends")
@@ -3254,11 +3261,72 @@ def sweep_job_dirs():
             continue  # alive (another user's pid), or gone meanwhile
 
 
+def sandbox_argv(bwrap, tmp):
+    """Return the bubblewrap command that runs this server where it sees
+    only /usr (and the system's library links), its own Python and file,
+    the compilers' directories on PATH outside the home, and TMP, its only
+    writable directory: no home, no network, its own processes."""
+    home = os.path.realpath(os.path.expanduser("~")) + "/"
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--dev", "/dev",
+            "--proc", "/proc", "--setenv", "TMPDIR", tmp,
+            "--setenv", ENV_SANDBOX, "bwrap"]
+    seen = set()
+    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+                 "/etc/alternatives", "/etc/ld.so.cache", sys.base_prefix,
+                 os.path.dirname(os.path.realpath(__file__))] + [
+            os.path.realpath(d) for d in os.environ.get("PATH", "").split(
+                os.pathsep) if d.startswith("/") and
+            not (os.path.realpath(d) + "/").startswith(home)]:
+        if path not in seen and os.path.exists(path):
+            seen.add(path)
+            argv += ["--ro-bind", path, path]
+    # Last, so that no read-only bind above covers it.
+    return argv + ["--bind", tmp, tmp, "--chdir", tmp, "--", sys.executable,
+                   "-S", os.path.realpath(__file__), "-i"]
+
+
+def run_sandboxed():
+    """Run this server inside bubblewrap, where the host has it and it
+    works, and return its exit status; None to serve unsandboxed (no
+    bwrap, it cannot run here, or DISTCC_SANDBOX=0 on the host)."""
+    import shutil
+    import subprocess
+    import tempfile
+    bwrap = shutil.which("bwrap")
+    if not bwrap or os.environ.get(ENV_SANDBOX) in ("0", "bwrap") or \
+            os.environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0"):
+        return None                 # (kept job dirs must outlive us)
+    # Named after this pid: if we are killed, the next server sweeps it.
+    tmp = os.path.realpath(tempfile.mkdtemp(prefix="distccpy-%d-sandbox-"
+                                            % os.getpid()))
+    try:
+        argv = sandbox_argv(bwrap, tmp)
+        probe = argv[:argv.index("--") + 1] + ["true"]
+        if subprocess.call(probe, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL) != 0:
+            return None             # no user namespaces here, say
+        import signal
+        proc = subprocess.Popen(argv)
+        # sshd hangs up on a session whose client died: end the sandbox,
+        # then remove its directory.
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, lambda *_: proc.kill())
+        return proc.wait()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def server_main():
     """Serve jobs on stdin/stdout until the client closes the stream."""
     import gc
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "server"
+    if os.environ.get(ENV_SANDBOX) != "bwrap":
+        sweep_job_dirs()
+        status = run_sandboxed()
+        if status is not None:
+            return status
     # Frames own the channel (new fds); fd 1 is stderr, safe from children.
     reader = os.fdopen(os.dup(0), "rb")
     writer = os.fdopen(os.dup(1), "wb")
@@ -3266,9 +3334,10 @@ def server_main():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    sweep_job_dirs()
     cpus = usable_cpus()
-    writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus)).encode())
+    writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus, os.environ.get(
+        ENV_SANDBOX) if os.environ.get(ENV_SANDBOX) == "bwrap" else "none"
+                                   )).encode())
     writer.flush()
     Server(reader, writer, cpus).serve()
     return 0
@@ -3349,6 +3418,9 @@ def check_host(config, spec):
             % (host.hostname, (time.monotonic() - started) * 1000))
         say(True, "distcc.py %s runs there (protocol %d, %s CPUs); here: %s"
             % (session.server_version, PROTOCOL, session.cpus, VERSION))
+        print("--   " + ("host sandboxes compiles (bwrap)" if session.sandbox
+                         == "bwrap" else "host does not sandbox compiles "
+                         "(no usable bwrap there)"))
         for name in filter(find_program,
                            ("gcc", "g++", "cc", "c++", "clang", "clang++")):
             try:

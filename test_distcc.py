@@ -993,9 +993,12 @@ class TestSshArgv(unittest.TestCase):
 
     def test_banner_after_noise(self):
         banner = (distcc.BANNER_FORMAT % (distcc.PROTOCOL, distcc.VERSION,
-                                          12)).encode()
+                                          12, "bwrap")).encode()
         f = io.BufferedReader(io.BytesIO(b"Welcome!\nmotd\n" + banner))
-        self.assertEqual(distcc.find_banner(f), (distcc.VERSION, 12))
+        self.assertEqual(distcc.find_banner(f), (distcc.VERSION, 12, "bwrap"))
+        f = io.BufferedReader(io.BytesIO(b"DISTCC.PY %d 0.4.0 cpus=2\n"
+                                         % distcc.PROTOCOL))
+        self.assertEqual(distcc.find_banner(f), ("0.4.0", 2, "none"))
 
     def test_banner_errors(self):
         cases = [
@@ -1036,7 +1039,8 @@ class ServerProcess:
             preexec_fn=cpus and (lambda: os.sched_setaffinity(0, cpus)))
         self.timer = threading.Timer(TIMEOUT, self.proc.kill)
         self.timer.start()
-        self.version, self.cpus = distcc.find_banner(self.proc.stdout)
+        self.version, self.cpus, self.sandbox = distcc.find_banner(
+            self.proc.stdout)
         self.frames = None              # queue of frames read by a thread
 
     def send(self, kind, job_id, parts):
@@ -1279,15 +1283,29 @@ class TestServer(unittest.TestCase):
             os.mkdir(os.path.join(tmp, name))
         self.server.close()
         self.server = ServerProcess(env={"TMPDIR": tmp})
-        self.assertEqual(sorted(os.listdir(tmp)), [
-            "distccpy-%d-y" % os.getpid(), "distccpy-keep-z"])
+        # Where bwrap works, the server's own dir (its sandbox's /tmp).
+        own = "distccpy-%d-sandbox-" % self.server.proc.pid
+
+        def job_dirs():
+            found = []
+            for name in os.listdir(tmp):
+                found += [os.path.join(name, n) for n in os.listdir(
+                    os.path.join(tmp, name))] if name.startswith(own) \
+                    else [name]
+            return sorted(found)
+        self.assertEqual(job_dirs(), ["distccpy-%d-y" % os.getpid(),
+                                      "distccpy-keep-z"])
         self.server.send(distcc.JOB, 1, job_parts(b"int v;\n"))
         self.assertEqual(self.server.receive()[0], distcc.RESULT)
         # Removed just after the answer goes out, not before it.
         deadline = time.monotonic() + 5
-        while len(os.listdir(tmp)) > 2 and time.monotonic() < deadline:
+        while len(job_dirs()) > 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-        self.assertEqual(len(os.listdir(tmp)), 2)
+        self.assertEqual(len(job_dirs()), 2)
+        self.server.close()
+        self.assertEqual(sorted(os.listdir(tmp)), [
+            "distccpy-%d-y" % os.getpid(), "distccpy-keep-z"])
+        self.server = ServerProcess()   # tearDown closes this one
 
 class TestHostileClient(unittest.TestCase):
     """A client with a key restricted to `distcc.py -i` (a real sshd, the
@@ -1411,6 +1429,36 @@ class TestHostileClient(unittest.TestCase):
         kind, answer, _ = self.job(extra=[escape[:-1] + "h"],
                                    extra_blobs=[zlib.compress(b"x")])
         self.assertIn(kind, (distcc.RESULT, distcc.ERROR))
+
+    def test_the_sandbox_hides_the_accounts_files(self):
+        if self.server.sandbox != "bwrap":
+            self.skipTest("the host has no usable bwrap (apt-get install "
+                          "bubblewrap): its compilers are not sandboxed")
+        secret = os.path.join(os.path.expanduser("~"),
+                              ".distccpy-secret-%d" % os.getpid())
+        with open(secret, "w") as f:
+            f.write("int secret = 0x5ec7e7;\n")
+        self.addCleanup(os.unlink, secret)
+        include = b'#include "%s"\n' % secret.encode()
+        incbin = b'__asm__(".incbin \\"%s\\"");\n' % secret.encode()
+        for text in (include, incbin):
+            kind, meta, blobs = self.job(text=text)
+            self.assertEqual(kind, distcc.RESULT)
+            self.assertNotEqual(meta["status"], 0, text)
+            self.assertRegex(bytes(blobs[1]), b"No such file|file not found")
+        # The control: the same jobs without the sandbox read the file.
+        plain = ServerProcess(env={"DISTCC_SANDBOX": "0"})
+        try:
+            self.assertEqual(plain.sandbox, "none")
+            for text, leak in ((include, b"\xe7\xc7\x5e\x00"),
+                               (incbin, b"int secret = 0x5ec7e7;")):
+                plain.send(distcc.JOB, 1, job_parts(text, args=["-O0"]))
+                kind, _, body = plain.receive()
+                meta, blobs = distcc.unpack_body(body)
+                self.assertEqual(meta["status"], 0, bytes(blobs[1]))
+                self.assertIn(leak, zlib.decompress(blobs[2]))
+        finally:
+            plain.close()
 
     def test_locale_values_and_bombs_are_refused(self):
         for env in ({"LANGUAGE": "../../../tmp/x"}, {"LANG": "/etc"},
@@ -1646,6 +1694,19 @@ class EndToEnd(unittest.TestCase):
         return run([sys.executable, DISTCC_PY] + argv, env=env or self.env,
                    cwd=cwd or self.work)
 
+    def host_job_dirs(self, tmp=None):
+        """The job dirs in the host's TMPDIR (TMP), also those inside the
+        directory of a sandboxed server (itself not one)."""
+        tmp = tmp or self.host_tmp
+        found = []
+        for name in sorted(os.listdir(tmp)):
+            if "-sandbox-" in name:
+                found += [os.path.join(name, n) for n in sorted(
+                    os.listdir(os.path.join(tmp, name)))]
+            else:
+                found.append(name)
+        return found
+
     def server_pids(self):
         """The pids of this test's servers (their TMPDIR is its own)."""
         found = []
@@ -1691,7 +1752,10 @@ class EndToEnd(unittest.TestCase):
         version = version or 'exec %s "$@"' % shutil.which("gcc")
         gcc = self.host_file(name + "-bin/gcc", "#!/bin/sh\ncase \" $* \" "
                              "in *\" -v \"*) %s;; esac\n%s\n" % (version, body))
-        return self.host_script(name, "PATH=%s:$PATH; export PATH"
+        # These compilers write their logs into the host's dir: outside a
+        # sandbox (the default host has one where bwrap works).
+        return self.host_script(name, "PATH=%s:$PATH; DISTCC_SANDBOX=0; "
+                                "export PATH DISTCC_SANDBOX"
                                 % os.path.dirname(gcc), limit)
 
     def local(self, argv, cwd=None):
@@ -1860,7 +1924,10 @@ class TestRelay(EndToEnd):
         slow = "static const int t[] = {%s};\nint get(int i){return t[i];}\n" \
             % ",".join(str(i * 7 % 13) for i in range(150000))
         self.write("st/slow.c", slow)
-        self.env.update(DISTCC_IO_TIMEOUT="2", DISTCC_FALLBACK="1")
+        # One process to stop: the server itself, not a sandbox around it.
+        self.env.update(DISTCC_IO_TIMEOUT="2", DISTCC_FALLBACK="1",
+                        DISTCC_HOSTS=self.host_script(
+                            "plain", "DISTCC_SANDBOX=0; export DISTCC_SANDBOX"))
         r = self.distcc(["gcc", "-c", "st/slow.c", "-o", "st/warm.o"])
         self.assertEqual(r.returncode, 0, r.stderr)
         servers = self.server_pids()
@@ -2451,7 +2518,8 @@ class TestTakeBack(EndToEnd):
         gcc = self.host_file("slow-bin/gcc", '#!/bin/sh\ncase " $* " in '
                              '*" -v "*) exec %s "$@";; esac\necho "$*" >> %s\n'
                              'sleep 3\nexec %s "$@"\n' % (real, log, real))
-        host = self.host_script("pinned", "PATH=%s:$PATH; export PATH"
+        host = self.host_script("pinned", "PATH=%s:$PATH; DISTCC_SANDBOX=0; "
+                                "export PATH DISTCC_SANDBOX"
                                 % os.path.dirname(gcc), limit="/2",
                                 server="taskset -c %d %s %s -i" % (
                                     min(os.sched_getaffinity(0)),
@@ -2578,7 +2646,7 @@ class TestFaults(EndToEnd):
                 any(self.distcc_dir in a for a in cmdline(p))]
         self.assertLessEqual(len(sshs), len(relays), [cmdline(p)
                                                       for p in sshs])
-        self.assertEqual(os.listdir(self.host_tmp), [],
+        self.assertEqual(self.host_job_dirs(), [],
                          "job dirs left on the host")
 
     def assertObjectGood(self, name):
@@ -2633,7 +2701,7 @@ class TestFaults(EndToEnd):
             self.assertRegex(r.stderr.decode(), r"(No space left|no space "
                              r"left).*compiling f/d.c locally")
             self.assertObjectGood("d")
-            self.assertEqual(os.listdir(small), [])
+            self.assertEqual(self.host_job_dirs(small), [])
         finally:
             run(["umount", small])
 
@@ -3033,7 +3101,7 @@ class TestIntegrations(EndToEnd):
                         env=save)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertNotIn(b"kept in distcc-test", r.stderr)
-        self.assertEqual(os.listdir(self.host_tmp), [])
+        self.assertEqual(self.host_job_dirs(), [])
         os.unlink(os.path.join(tmp, os.listdir(tmp)[0]))
         save["DISTCC_HOSTS"] = self.host_script(
             "saving", "DISTCC_SAVE_TEMPS=1; export DISTCC_SAVE_TEMPS")
