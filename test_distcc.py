@@ -1587,9 +1587,10 @@ class TestJobState(unittest.TestCase):
                                             "0"])
         self.assertEqual(lines[4].split(), ["11", "compile", "box", "10.0s",
                                             "a.c"])
-        self.assertEqual(lines[-1], "finished: 1 job: 0 remote, 1 local "
-                                    "(1 unknown)")
-        for bad in (["0"], ["x"], ["1", "0"], ["1", "2", "3"]):
+        self.assertEqual(lines[-1], "finished since --monitor started: 1 "
+                                    "job: 0 remote, 1 local (1 unknown)")
+        for bad in (["0"], ["x"], ["1", "0"], ["1", "2", "3"], ["nan"],
+                    ["inf"]):
             with self.assertRaises(distcc.UsageError):
                 distcc.parse_monitor_args(bad)
         self.assertEqual(distcc.parse_monitor_args([]), (1.0, None))
@@ -3043,7 +3044,8 @@ class TestIntegrations(EndToEnd):
             (row,) = [l for l in screen.splitlines()
                       if l.startswith("distcc-test ")]
             self.assertLessEqual(sum(map(int, row.split()[1:])), 2, screen)
-        self.assertIn("finished: 6 jobs: 5 remote (distcc-test 5), 1 local "
+        self.assertIn("finished since --monitor started: 6 jobs: 5 remote "
+                      "(distcc-test 5), 1 local "
                       "(1 no -c or -S)", screens[-1])
         # The verbose build ends with the summary of what it did.
         summaries = re.findall(r"(?m)^distcc\.py\[\d+\] wrapper: summary: "
@@ -3326,8 +3328,9 @@ class TestMain(unittest.TestCase):
         r = run([sys.executable, DISTCC_PY, "--help"])
         self.assertEqual(r.returncode, 0)
         # Every variable is named in --help, the one file a user has.
-        names = set(re.findall(r"\bENV_\w+ = \"(DISTCC_\w+)\"",
-                               open(DISTCC_PY).read()))
+        with open(DISTCC_PY) as f:
+            names = set(re.findall(r"\bENV_\w+ = \"(DISTCC_\w+)\"",
+                                   f.read()))
         self.assertGreater(len(names), 10)
         for name in names:
             self.assertIn(name, r.stdout.decode())
@@ -3335,26 +3338,47 @@ class TestMain(unittest.TestCase):
 
     def test_bad_configuration_is_one_line(self):
         cases = [
-            # environment, words
-            ({"DISTCC_HOSTS": "buildbox"}, "distcc.py speaks ssh only"),
-            ({"DISTCC_HOSTS": "@box/zero"}, "'@box/zero'"),
+            # environment, words, whether the compile goes on here
+            ({"DISTCC_HOSTS": "buildbox"}, "distcc.py speaks ssh only", True),
+            ({"DISTCC_HOSTS": "@box/zero"}, "'@box/zero'", True),
             ({"DISTCC_SSH": "ssh 'unclosed", "DISTCC_HOSTS": "@box"},
-             "DISTCC_SSH"),
-            ({"DISTCC_RELAY_TIMEOUT": "soon"}, "DISTCC_RELAY_TIMEOUT"),
+             "DISTCC_SSH", True),
+            ({"DISTCC_DIR": "/proc/nowhere", "DISTCC_HOSTS": "@box"},
+             "/proc/nowhere", True),
+            ({"HOSTS_FILE": b"@box\xff\n"}, "not UTF-8", True),
+            ({"DISTCC_RELAY_TIMEOUT": "soon"}, "DISTCC_RELAY_TIMEOUT", False),
         ]
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "x.c"), "w") as f:
                 f.write("int x;\n")
-            for extra, words in cases:
-                env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
-                                         **extra)
-                r = run([sys.executable, DISTCC_PY, "gcc", "-c", "x.c"],
-                        env=env, cwd=d)
-                err = r.stderr.decode()
-                self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS, err)
-                self.assertEqual(len(err.splitlines()), 1, err)
-                self.assertTrue(err.startswith("distcc.py: "), err)
-                self.assertIn(words, err)
+            for extra, words, goes_on in cases:
+                extra = dict(extra)
+                os.makedirs(os.path.join(d, "s"), mode=0o700, exist_ok=True)
+                hosts_file = os.path.join(d, "s", "hosts")
+                if os.path.exists(hosts_file):
+                    os.unlink(hosts_file)
+                if "HOSTS_FILE" in extra:
+                    with open(hosts_file, "wb") as f:
+                        f.write(extra.pop("HOSTS_FILE"))
+                for fallback in ("1", "0"):
+                    env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
+                                             DISTCC_FALLBACK=fallback)
+                    env.update(extra)
+                    if os.path.exists(os.path.join(d, "x.o")):
+                        os.unlink(os.path.join(d, "x.o"))
+                    r = run([sys.executable, DISTCC_PY, "gcc", "-c", "x.c"],
+                            env=env, cwd=d)
+                    err = r.stderr.decode()
+                    here = goes_on and fallback == "1"
+                    self.assertEqual(r.returncode, 0 if here else
+                                     distcc.EXIT_BAD_ARGUMENTS, (extra, err))
+                    self.assertEqual(os.path.exists(os.path.join(d, "x.o")),
+                                     here, (extra, err))
+                    self.assertEqual(len(err.splitlines()), 1, err)
+                    self.assertTrue(err.startswith("distcc.py: "), err)
+                    self.assertIn(words, err)
+                    if here:
+                        self.assertIn("compiling x.c locally", err)
 
     def test_show_hosts_and_j(self):
         with tempfile.TemporaryDirectory() as d:
@@ -3368,6 +3392,30 @@ class TestMain(unittest.TestCase):
             self.assertEqual([ln.split()[0] for ln in lines],
                              ["localhost/3", "@a/5", "b@c"])
             self.assertIn("limit 5", lines[1])
+
+    def test_commands_that_lose_their_reader_or_name_localhost(self):
+        with tempfile.TemporaryDirectory() as d:
+            env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"))
+            # --monitor | head: the reader goes; no traceback, no error.
+            p = subprocess.Popen([sys.executable, DISTCC_PY, "--monitor",
+                                  "0.05", "200"], env=env,
+                                 stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE)
+            p.stdout.readline()
+            p.stdout.close()
+            err = p.stderr.read()
+            p.stderr.close()
+            self.assertEqual(p.wait(timeout=TIMEOUT), 0, err)
+            self.assertEqual(err, b"")
+            r = run([sys.executable, DISTCC_PY, "--check", "localhost"],
+                    env=env)
+            self.assertEqual(r.returncode, distcc.EXIT_BAD_ARGUMENTS)
+            self.assertIn(b"write --check @localhost", r.stderr)
+            with open(os.path.join(d, "x.c"), "w") as f:
+                f.write("int x;\n")
+            r = run([sys.executable, DISTCC_PY, "--explain", "no-such-cc",
+                     "-c", "x.c"], env=env, cwd=d)
+            self.assertIn(b"compiler no-such-cc not found here", r.stdout)
 
     def test_unknown_option_and_missing_compiler(self):
         r = run([sys.executable, DISTCC_PY, "--frobnicate"])
