@@ -1168,6 +1168,42 @@ class TestServer(unittest.TestCase):
                          [(1, "result"), (2, "compile"), (2, "result"),
                           (3, "compile"), (3, "result")])
 
+    def test_a_huge_header_allocates_nothing_and_a_flood_is_bounded(self):
+        self.server.close()
+        bin_dir = tempfile.mkdtemp(prefix="distccpy-bin-")
+        self.addCleanup(shutil.rmtree, bin_dir, True)
+        with open(os.path.join(bin_dir, "gcc"), "w") as f:
+            f.write('#!/bin/sh\ncase "$*" in *slow.c*) sleep 3;; esac\n'
+                    'exec %s "$@"\n' % shutil.which("gcc"))
+        os.chmod(os.path.join(bin_dir, "gcc"), 0o755)
+        self.server = ServerProcess(cpus={min(os.sched_getaffinity(0))},
+                                    path=bin_dir,
+                                    env={"DISTCC_SANDBOX": "0"})
+        # 300 jobs behind a slow one on one CPU: the 256th and later are
+        # refused at once, the others queue.
+        self.server.send(distcc.JOB, 1, job_parts(b"int s;\n",
+                                                  source="slow.c"))
+        for job_id in range(2, 301):
+            self.server.send(distcc.JOB, job_id, job_parts(b"int f;\n"))
+        refused = set()
+        while len(refused) < 300 - distcc.MAX_SESSION_JOBS:
+            frame = self.server.answer_within(TIMEOUT)
+            self.assertIsNotNone(frame)
+            self.assertEqual(frame[0], distcc.ERROR, bytes(frame[2])[:200])
+            self.assertIn(b"already", bytes(frame[2]))
+            refused.add(frame[1])
+        self.assertEqual(refused, set(range(distcc.MAX_SESSION_JOBS + 1,
+                                             301)))
+        # A header that claims 200 MiB allocates nothing before its bytes.
+        self.server.proc.stdin.write(HEADER.pack(
+            distcc.MAGIC, distcc.JOB, 0, 999, 200 << 20) + b"x" * 10)
+        self.server.proc.stdin.flush()
+        time.sleep(0.5)
+        with open("/proc/%d/status" % self.server.proc.pid) as f:
+            rss = [int(line.split()[1]) for line in f
+                   if line.startswith("VmHWM:")][0]
+        self.assertLess(rss, 100 * 1024, "kB at most, with 200 MiB claimed")
+
     def test_a_cancelled_job_gets_no_answer(self):
         self.server.send(distcc.JOB, 1, job_parts(b"int f(void){return 1;}\n"))
         self.server.send(distcc.CANCEL, 1, [b""])
@@ -3416,6 +3452,29 @@ class TestMain(unittest.TestCase):
             r = run([sys.executable, DISTCC_PY, "--explain", "no-such-cc",
                      "-c", "x.c"], env=env, cwd=d)
             self.assertIn(b"compiler no-such-cc not found here", r.stdout)
+
+    def test_stop_signals_only_a_relay_holding_its_lock(self):
+        with tempfile.TemporaryDirectory() as d:
+            state = os.path.join(d, "s")
+            os.mkdir(state, 0o700)
+            # A stale lock names a pid that is now somebody else's.
+            other = subprocess.Popen([sys.executable, "-c",
+                                      "import time; time.sleep(60)"])
+            try:
+                with open(os.path.join(state, "relay-x-0.lock"), "w") as f:
+                    f.write("%d\n" % other.pid)
+                with open(os.path.join(state, "backoff-x-0"), "w") as f:
+                    f.write("@x\n")
+                r = run([sys.executable, DISTCC_PY, "--stop"],
+                        env=env_without_distcc(DISTCC_DIR=state))
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stdout, b"stopped 0 relays\n")
+                self.assertIsNone(other.poll(), "an unrelated process died")
+                self.assertFalse(os.path.exists(os.path.join(
+                    state, "backoff-x-0")), "the backoff stayed")
+            finally:
+                other.kill()
+                other.wait()
 
     def test_unknown_option_and_missing_compiler(self):
         r = run([sys.executable, DISTCC_PY, "--frobnicate"])
