@@ -1588,7 +1588,8 @@ def prepare_job(job, save_temps=False):
     if save_temps:
         save_preprocessed(job, parts)
     squeeze = zlib.compressobj(COMPRESS_LEVEL)
-    packed = b"".join([*map(squeeze.compress, parts), squeeze.flush()])
+    packed = b"".join([squeeze.compress(p) for p in parts] +
+                      [squeeze.flush()])
     meta = dict(
         compiler=os.path.basename(job.compiler), compiler_path=compiler_path,
         family=family, args=job.remote_args, mode=job.mode,
