@@ -90,13 +90,20 @@ Environment:
                           even where it is installed
 """
 
+import _socket
 import errno
+import fcntl
+import gc
 import marshal
 import os
+import select
+import stat
 import sys
+import time
 import zlib
 
-# The wrapper runs once per compile, so its imports are its start-up cost.
+# The wrapper runs once per compile, so its imports are its start-up cost:
+# the ones above are built into the interpreter (or already loaded by os).
 # Modules that pull in enum or re (json, re, socket, subprocess, signal,
 # shlex, hashlib, random) cost it 5-10 ms each and are imported only where
 # they are needed, never on the wrapper's path.
@@ -1015,7 +1022,6 @@ class Slot:
 
 def try_slot(directory, name):
     """Lock slot file NAME without waiting; return its fd or None."""
-    import fcntl
     fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT,
                  0o600)
     try:
@@ -1035,8 +1041,6 @@ def acquire_slot(config, hosts, queue_name="queue"):
 
     Blocks until a slot is free: the wrapper holding the queue lock polls
     (with growing sleeps) while the others sleep in flock()."""
-    import fcntl
-    import time
     if not hosts:
         return None
     directory = os.path.join(config.dir, "slots")
@@ -1094,7 +1098,6 @@ def host_slots(config, host):
 
 def others_queued(directory):
     """Whether a wrapper holds the slot queue (it waits for a slot)."""
-    import fcntl
     queue = os.open(os.path.join(directory, "queue"),
                     os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -1135,7 +1138,6 @@ def backed_off(config, host, probes):
     """Whether HOST is backed off now.  When its period is over, the first
     wrapper to ask takes the probe (HOST is added to PROBES) and is told no;
     the others wait for the probe's verdict."""
-    import time
     path = backoff_path(config, host)
     try:
         st = os.stat(path)
@@ -1161,7 +1163,6 @@ def backed_off(config, host, probes):
 
 def mark_host_failed(config, host):
     """Back HOST off for DISTCC_BACKOFF_PERIOD, for every wrapper."""
-    import time
     path = backoff_path(config, host)
     with open(path, "w") as f:
         f.write("%s\n" % host.spec)
@@ -1410,7 +1411,6 @@ def check_job_files(job):
         st = os.stat(job.output)
     except OSError:
         return
-    import stat
     if not stat.S_ISREG(st.st_mode):
         # /dev/null, a FIFO: the local compiler writes into it; a rename
         # would replace it.
@@ -1547,7 +1547,6 @@ def compile_distributed(config, job, hosts, state):
 
 def prepare_with_cpp_slot(config, hosts, job, state):
     """Preprocess JOB in a local preprocessing slot, timed in STATE."""
-    import time
     cpp = Host("cpp", "localhost", limit=hosts.cpp_slots or
                os.cpu_count() or 2)
     slot = acquire_slot(config, [cpp], "queue-cpp")
@@ -1693,7 +1692,6 @@ def spawn(path, argv, capture=False):
     if not capture:
         return exit_status(os.waitpid(os.posix_spawn(path, argv, os.environ),
                                       0)[1])
-    import select
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     null = os.open(os.devnull, os.O_RDONLY)
@@ -1757,7 +1755,6 @@ def compile_remote(config, job, hosts, host, prepared, state):
     return (the compiler's status, None), or (None, a localhost Slot) when
     the job was taken back.  Raises TransportError, ProtocolError or
     Rejected for the fallback."""
-    import time
     meta, blobs, cpp_err = prepared
     meta = dict(meta, save_temps=config.save_temps)
     sent = sum(len(b) for b in blobs)
@@ -1833,8 +1830,6 @@ def send_job(config, host, parts, state, local_hosts=()):
     timeouts together, the host's compiler uses no CPU for
     DISTCC_IO_TIMEOUT or the job outlives DISTCC_JOB_TIMEOUT; RelayLost,
     ProtocolError or Rejected as the relay or host says."""
-    import select
-    import time
     slots = os.path.join(config.dir, "slots")
     s = connect_relay(config, host)
     try:
@@ -1892,7 +1887,6 @@ def send_job(config, host, parts, state, local_hosts=()):
 def read_answer_frame(s):
     """Return (PROGRESS or RESULT, body) of the next frame from relay
     socket S.  Raises as send_job."""
-    import _socket
     try:
         frame = read_frame(SocketReader(s))
     except _socket.timeout:
@@ -2031,7 +2025,6 @@ class JobState:
     """This wrapper's line in $DISTCC_DIR/jobs, and its record for stats."""
 
     def __init__(self, directory, source):
-        import time
         self.directory = directory      # the checked DISTCC_DIR
         # As the command line spells it, minus what would break the line.
         self.source = source.replace("\t", " ").replace("\n", " ")
@@ -2059,7 +2052,6 @@ class JobState:
     def finish(self, outcome, reason="", host="localhost"):
         """Record how the job ended: append its line to the stats and drop
         its state line.  Every job ends here, once."""
-        import time
         self.done = True
         rec = self.record
         rec.update(time=round(time.time(), 3), outcome=outcome, host=host,
@@ -2102,7 +2094,6 @@ def summarize_if_idle(config):
     when no other job is in flight (a build's end, or a lone step)."""
     if not Log.verbose or read_job_states(config.dir):
         return
-    import fcntl
     try:
         fd = os.open(os.path.join(config.dir, "stats.summary"),
                      os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
@@ -2169,8 +2160,6 @@ def connect_relay(config, host):
     Raises TransportError if no relay answers within a few seconds."""
     # _socket is the C core of socket; socket itself imports enum, which
     # would cost the wrapper 4 ms per compile.
-    import _socket
-    import time
     sock_path, lock_path = relay_paths(config, host)
     deadline, delay = time.monotonic() + 10.0, 0.005
     while True:
@@ -2201,7 +2190,6 @@ def start_relay(config, host, sock_path, lock_path):
 
     Raises UsageError for a DISTCC_SSH that cannot be split: here, where
     the build sees it, not in the detached relay."""
-    import fcntl
     config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -2255,7 +2243,6 @@ def bind_listener(sock_path):
 
 def run_relay_child(config, host, listener, lock_fd, sock_path):
     """The detached relay: write its pid, serve, clean up."""
-    import gc
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "relay"
     # Hold no descriptor of the build's (make waits for its pipes to close).
@@ -2318,7 +2305,6 @@ def peer_creds(sock):
 def hung_up(sock):
     """Whether the peer of Unix socket SOCK has closed it, not just its
     writing half (a wrapper waiting for its answer has done that)."""
-    import select
     if not hasattr(select, "poll"):
         return False                 # PROGRESS writes will tell, later
     poller = select.poll()
@@ -2344,7 +2330,6 @@ class Relay:
 
     def get_session(self):
         """Return a live session, starting ssh if there is none."""
-        import time
         config, host = self.config, self.host
         with self.connect_lock:
             if self.session is not None and self.session.failure is None:
@@ -2455,7 +2440,6 @@ class Relay:
     def serve(self):
         """Accept wrappers until idle for the relay timeout."""
         import socket
-        import time
         self.listener.settimeout(1.0)
         idle_since = time.monotonic()
         while True:
@@ -2473,7 +2457,6 @@ class Relay:
 
     def shutdown(self, sock_path):
         """Stop taking wrappers, serve those already queued, close ssh."""
-        import time
         try:
             os.unlink(sock_path)
         except FileNotFoundError:
@@ -2497,7 +2480,6 @@ def relay_stop(config):
     its lockfile, and forget every backoff; return how many stopped.  A
     lockfile that nobody holds locked names no relay: its pid is stale
     and may be anybody's now."""
-    import fcntl
     import glob
     import signal
     stopped = 0
@@ -2577,7 +2559,6 @@ class Session:
     def __init__(self, argv, connect_timeout, io_timeout):
         import subprocess
         import threading
-        import time
         self.query_timeout = connect_timeout  # a query is quick, or lost
         self.lock = threading.Lock()
         self.pending = {}             # job id -> Pending
@@ -2615,7 +2596,6 @@ class Session:
     def watch(self, io_timeout):
         """Fail the session when a host with jobs in flight stays silent
         for IO_TIMEOUT seconds (a stopped or wedged host)."""
-        import time
         while self.failure is None:
             time.sleep(min(1.0, io_timeout / 4))
             with self.lock:
@@ -2635,7 +2615,6 @@ class Session:
 
     def exit_message(self):
         """Describe why the ssh process ended, with ssh's own words."""
-        import time
         status = self.proc.poll()
         for _ in range(20):        # let the stderr thread catch up
             if self.stderr_tail or status is None:
@@ -2651,7 +2630,6 @@ class Session:
         return what
 
     def read_frames(self):
-        import time
         try:
             for kind, job_id, body in iter(
                     lambda: read_frame(self.proc.stdout), None):
@@ -2716,7 +2694,6 @@ class Session:
         """Send the frame that starts a job; return (job id, Pending).
 
         Raises TransportError if the session is dead."""
-        import time
         pending = Pending()
         with self.lock:
             if self.failure is not None:
@@ -2745,7 +2722,6 @@ class Session:
         each of the host's PROGRESS bodies for the job (as marshal), and an
         empty one every PROGRESS_INTERVAL of silence.  Past TIMEOUT seconds
         without an answer, the session is failed."""
-        import time
         now = time.monotonic()
         deadline = now + (float("inf") if timeout is None else timeout)
         beat = now + PROGRESS_INTERVAL
@@ -3047,7 +3023,6 @@ class Server:
     def beat(self):
         """Every few seconds, send each job's PROGRESS: a silent host is a
         stalled one, and a compiler whose CPU time stands still is stuck."""
-        import time
         while True:
             time.sleep(PROGRESS_INTERVAL)
             controls = list(self.controls.items())
@@ -3151,7 +3126,6 @@ def compile_job(body, leftovers, control):
     import re
     import subprocess
     import tempfile
-    import time
     meta, blobs = unpack_body(body)
     extra = meta.get("extra") or []
     if not isinstance(extra, list) or len(blobs) != 2 + len(extra):
@@ -3367,7 +3341,6 @@ def run_sandboxed():
 
 def server_main():
     """Serve jobs on stdin/stdout until the client closes the stream."""
-    import gc
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "server"
     if os.environ.get(ENV_SANDBOX) != "bwrap":
@@ -3416,7 +3389,6 @@ def explain(argv):
 
 def show_hosts(config):
     """Print the host list with limits and current state."""
-    import time
     hosts = config.hosts()
     if not hosts:
         print("no hosts: set DISTCC_HOSTS or write %s/hosts" % config.dir)
@@ -3442,7 +3414,6 @@ def show_hosts(config):
 
 def check_host(config, spec):
     """Diagnose one host for a new user; return 0 only if it is usable."""
-    import time
     if spec.split("/")[0] == "localhost":
         raise UsageError("in a host list localhost means this machine, "
                          "without ssh", "to check ssh to it, write "
@@ -3640,8 +3611,6 @@ def format_summary(stats):
 def monitor(config, delay, count=None):
     """Every DELAY seconds (COUNT times, or until Ctrl-C) show the jobs in
     flight by host and phase, and what finished since --monitor started."""
-    import gc
-    import time
     gc.enable()                     # long-lived: the launcher turned it off
     try:
         offset = os.stat(os.path.join(config.dir, "stats")).st_size
@@ -3663,7 +3632,6 @@ def monitor(config, delay, count=None):
 
 def format_monitor(jobs, finished, now):
     """One screen of --monitor: hosts by phase, the jobs, FINISHED's totals."""
-    import time
     lines = ["distcc.py --monitor  %s  %d job%s in flight" % (
         time.strftime("%H:%M:%S", time.localtime(now)), len(jobs),
         "s"[len(jobs) == 1:])]
