@@ -1364,8 +1364,35 @@ def config_error(config, error, job):
     failures errors (then raise ERROR itself)."""
     if not config.fallback:
         raise error
-    warn("%s; compiling %s locally" % (error, job.source))
+    if not said_lately(config, str(error)):
+        warn("%s; compiling %s locally (said once a build)"
+             % (error, job.source))
     raise LocalOnly("configuration error: %s" % error.detail, job)
+
+
+def said_lately(config, message):
+    """True if a job of this login session said MESSAGE within the last
+    minute, so that a build's hundreds of jobs warn once.  The stamp, one
+    per message and session, lives in DISTCC_DIR, or in the temp dir when
+    that is what is wrong; every job that stays quiet touches it."""
+    try:
+        base = state_dir(config)
+    except UsageError:
+        base = os.environ.get("TMPDIR") or "/tmp"
+    path = os.path.join(base, "distcc.py-said-%d-%d-%08x" % (
+        os.getuid(), os.getsid(0), zlib.crc32(message.encode())))
+    try:
+        st = os.lstat(path)
+        if st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode):
+            os.utime(path, follow_symlinks=False)
+            return time.time() - st.st_mtime < 60
+    except OSError:
+        pass  # not said yet, or not in a place we can keep a stamp
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError:
+        pass  # then every job says it
+    return False
 
 
 def hold_local_slot(config, hosts, directory):

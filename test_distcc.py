@@ -3398,7 +3398,8 @@ class TestMain(unittest.TestCase):
                         f.write(extra.pop("HOSTS_FILE"))
                 for fallback in ("1", "0"):
                     env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
-                                             DISTCC_FALLBACK=fallback)
+                                             DISTCC_FALLBACK=fallback,
+                                             TMPDIR=d)
                     env.update(extra)
                     if os.path.exists(os.path.join(d, "x.o")):
                         os.unlink(os.path.join(d, "x.o"))
@@ -3415,6 +3416,27 @@ class TestMain(unittest.TestCase):
                     self.assertIn(words, err)
                     if here:
                         self.assertIn("compiling x.c locally", err)
+
+    def test_a_configuration_error_is_said_once_a_build(self):
+        # A build's jobs share a login session: the first job warns, the
+        # next ones compile here quietly, and another mistake is said.
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "x.c"), "w") as f:
+                f.write("int x;\n")
+            errs = []
+            for hosts in ["@box/zero"] * 3 + ["@box/none"]:
+                env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
+                                         DISTCC_HOSTS=hosts, TMPDIR=d)
+                if os.path.exists(os.path.join(d, "x.o")):
+                    os.unlink(os.path.join(d, "x.o"))
+                r = run([sys.executable, DISTCC_PY, "gcc", "-c", "x.c"],
+                        env=env, cwd=d)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertTrue(os.path.exists(os.path.join(d, "x.o")))
+                errs.append(r.stderr.decode())
+            self.assertIn("'@box/zero'", errs[0])
+            self.assertEqual(errs[1:3], ["", ""])
+            self.assertIn("'@box/none'", errs[3])
 
     def test_show_hosts_and_j(self):
         with tempfile.TemporaryDirectory() as d:
