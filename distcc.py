@@ -1602,7 +1602,10 @@ def prepare_job(job, save_temps=False):
     else:
         argv = preprocess_argv(job)
         trace("preprocess: %s" % " ".join(argv))
-        text, cpp_err, status = spawn(compiler_path, argv, capture=True)
+        try:
+            text, cpp_err, status = spawn(compiler_path, argv, capture=True)
+        except OSError as e:        # E2BIG from an @file, say
+            raise LocalOnly("cannot preprocess: %s" % e.strerror)
         if status != 0:
             # The local compile prints the full story; let it.
             raise LocalOnly("preprocessing failed")
@@ -2035,6 +2038,8 @@ def exec_local(argv, reason):
         os.execvp(argv[0], argv)
     except OSError as e:
         raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "pass long command lines in an @file"
+                         if e.errno == errno.E2BIG else
                          "is the compiler installed and on PATH?")
 
 

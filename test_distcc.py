@@ -9,6 +9,7 @@ real-world sources download them from PyPI once (pinned by checksum) into
 ~/.cache/distcc.py-tests.
 """
 
+import errno
 import hashlib
 import io
 import json
@@ -27,6 +28,7 @@ import threading
 import time
 import unittest
 import zlib
+from unittest import mock
 
 import distcc
 
@@ -3437,6 +3439,31 @@ class TestMain(unittest.TestCase):
             self.assertIn("'@box/zero'", errs[0])
             self.assertEqual(errs[1:3], ["", ""])
             self.assertIn("'@box/none'", errs[3])
+
+    def test_an_argument_list_too_long_is_the_compilers_to_report(self):
+        # 2.6 MB of options in an @file: gcc itself cannot pass them on to
+        # cc1, and says so.  So must we, not "internal error".
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "x.c"), "w") as f:
+                f.write("int x = FOO0;\n")
+            with open(os.path.join(d, "big.rsp"), "w") as f:
+                f.write(" ".join("-DFOO%d=%d" % (i, i)
+                                 for i in range(150000)))
+            argv = ["gcc", "-c", "x.c", "@big.rsp"]
+            local = run(argv, cwd=d)
+            self.assertNotEqual(local.returncode, 0)
+            env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
+                                     DISTCC_HOSTS="@nohost", TMPDIR=d)
+            r = run([sys.executable, DISTCC_PY] + argv, env=env, cwd=d)
+            self.assertEqual(r.returncode, local.returncode, r.stderr)
+            self.assertEqual(r.stderr, local.stderr)
+            self.assertFalse(os.path.exists(os.path.join(d, "x.o")))
+        # An argv too long for the compiler's own exec gets one line.
+        with mock.patch("os.execvp", side_effect=OSError(
+                errno.E2BIG, "Argument list too long")):
+            with self.assertRaises(distcc.UsageError) as e:
+                distcc.exec_local(["gcc", "-c", "x.c"], "test")
+        self.assertIn("@file", str(e.exception))
 
     def test_show_hosts_and_j(self):
         with tempfile.TemporaryDirectory() as d:
