@@ -3465,6 +3465,33 @@ class TestMain(unittest.TestCase):
                 distcc.exec_local(["gcc", "-c", "x.c"], "test")
         self.assertIn("@file", str(e.exception))
 
+    def test_many_slots_fit_in_a_small_descriptor_limit(self):
+        # 17 hosts at /64 is 1,088 slots, which `distcc.py -j` recommends;
+        # the wrapper must look at them within `ulimit -n 256`.  The hosts
+        # cannot be reached, so each compile ends up here.
+        import resource
+
+        def limit():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "x.c"), "w") as f:
+                f.write("int x;\n")
+            for hosts in (" ".join("@h%d/64" % i for i in range(17)),
+                          "@big/1100"):
+                env = env_without_distcc(
+                    DISTCC_DIR=os.path.join(d, "s"), DISTCC_HOSTS=hosts,
+                    DISTCC_SSH=os.path.join(d, "no-ssh"), TMPDIR=d)
+                r = subprocess.run(
+                    [sys.executable, DISTCC_PY, "gcc", "-c", "x.c"],
+                    env=env, cwd=d, preexec_fn=limit, timeout=60,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                err = r.stderr.decode()
+                self.assertEqual(r.returncode, 0, err)
+                self.assertNotIn("Too many open files", err)
+                self.assertTrue(os.path.exists(os.path.join(d, "x.o")))
+                os.unlink(os.path.join(d, "x.o"))
+                run([sys.executable, DISTCC_PY, "--stop"], env=env)
+
     def test_show_hosts_and_j(self):
         with tempfile.TemporaryDirectory() as d:
             env = env_without_distcc(DISTCC_DIR=os.path.join(d, "s"),
