@@ -1342,6 +1342,10 @@ def wrapper_main(argv, config):
         except UsageError as e:     # DISTCC_SSH, when a relay starts
             state.finish("local", "configuration error")
             config_error(config, e, job)
+        except OSError as e:        # EMFILE, ENOSPC in DISTCC_DIR, ...
+            state.finish("local", e.strerror)
+            config_error(config, DistccError("%s: %s" % (
+                e.filename, e.strerror) if e.filename else e.strerror), job)
         finally:
             if not state.done:
                 state.finish("failed", "interrupted")
