@@ -2239,7 +2239,7 @@ def start_relay(config, host, sock_path, lock_path):
             try:
                 os.setsid()
                 if os.fork() == 0:
-                    run_relay_child(config, host, listener, fd, sock_path)
+                    exec_relay(config, host, listener, fd)
             finally:
                 os._exit(0)
         listener.close()
@@ -2277,15 +2277,54 @@ def bind_listener(sock_path):
     return s
 
 
-def run_relay_child(config, host, listener, lock_fd, sock_path):
-    """The detached relay: write its pid, serve, clean up."""
-    gc.enable()                     # long-lived: the launcher turned it off
-    Log.role = "relay"
-    # Hold no descriptor of the build's (make waits for its pipes to close).
+def exec_relay(config, host, listener, lock_fd):
+    """Become HOST's relay: a fresh `distcc.py --relay` in /, which holds
+    no descriptor of the build's (make waits for its pipes to close), no
+    build directory (umount must work) and says what it is in ps.  What the
+    build gave as relative paths is made absolute for it."""
+    import shlex
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
     close_other_fds({listener.fileno(), lock_fd})   # devnull's own too
+    for fd in (listener.fileno(), lock_fd):
+        os.set_inheritable(fd, True)
+    env = dict(os.environ, DISTCC_PYTHON=sys.executable, **{
+        ENV_DIR: config.dir, ENV_SSH: " ".join(
+            shlex.quote(arg) for arg in absolute_ssh(config.ssh_command))})
+    if Log.path:
+        env[ENV_LOG] = os.path.abspath(Log.path)
+    os.chdir("/")
+    os.execve("/bin/sh", ["sh", os.path.realpath(__file__), "--relay",
+                          host.spec, str(listener.fileno()), str(lock_fd)],
+              env)
+
+
+def absolute_ssh(argv):
+    """ARGV (ssh and its options) with the files of -F, -i and -E made
+    absolute, whether the value is glued to the option or follows it."""
+    argv = list(argv)
+    for i, arg in enumerate(argv[1:], 1):
+        if arg[:2] in ("-F", "-i", "-E") and len(arg) > 2:
+            argv[i] = arg[:2] + os.path.abspath(arg[2:])
+        elif argv[i - 1] in ("-F", "-i", "-E"):
+            argv[i] = os.path.abspath(arg)
+    return argv
+
+
+def relay_main(config, args):
+    """The relay that exec_relay started: `--relay SPEC LISTEN_FD LOCK_FD`."""
+    import socket
+    host = parse_host(args[0])
+    listener = socket.socket(fileno=int(args[1]))
+    run_relay_child(config, host, listener, int(args[2]),
+                    relay_paths(config, host)[0])
+
+
+def run_relay_child(config, host, listener, lock_fd, sock_path):
+    """The detached relay: write its pid, serve, clean up."""
+    gc.enable()                     # long-lived: the launcher turned it off
+    Log.role = "relay"
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, b"%d\n" % os.getpid())
     relay = Relay(host, config, listener)
@@ -3768,6 +3807,8 @@ def main(argv=None, invoked_as=None):
                                  "the remote command is 'distcc.py -i'")
             return server_main()
         config = Config(os.environ)
+        if argv[0] == "--relay" and len(argv) == 4:   # from exec_relay only
+            return relay_main(config, argv[1:])
         if argv[0] in ("--show-hosts", "--monitor", "--stats", "--summary",
                        "--zero-stats", "-j", "--stop"):
             state_dir(config)       # never read, or act on, another's files

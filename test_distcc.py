@@ -1845,6 +1845,37 @@ class TestRelay(EndToEnd):
                          "8 compiles should cost one ssh authentication")
         self.assertEqual(self.trace().count("compiled on distcc-test"), 8)
 
+    def test_the_relay_frees_the_build_directory_and_names_itself(self):
+        # A build in b/ with ssh's -F given relative to it: nothing that
+        # lives on (relay, ssh, its master) keeps b/ busy, ps says
+        # "--relay" and the host, not the first job's command line, and
+        # the relative -F still works.
+        build = os.path.dirname(self.write("b/a.c", "int a;\n"))
+        shutil.copy(self.sshd.config, os.path.join(build, "ssh.conf"))
+        self.env["DISTCC_SSH"] = "ssh -F ssh.conf"
+        self.env["DISTCC_LOG"] = os.path.relpath(self.log, build)
+        r = self.distcc(["gcc", "-c", "a.c"], cwd=build)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("a.c compiled on distcc-test", self.trace())
+        busy = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cwd = os.readlink("/proc/%s/cwd" % pid)
+            except OSError:
+                continue  # gone, or not ours to read
+            if cwd == build or cwd.startswith(build + "/"):
+                busy.append(pid)
+        self.assertEqual(busy, [])
+        (pid,) = self.relay_pids()
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            words = f.read().split(b"\0")
+        self.assertIn(b"--relay", words)
+        self.assertTrue(any(w.startswith(b"@distcc-test") for w in words))
+        self.assertNotIn(b"a.c", words)
+        r = self.distcc(["gcc", "-c", "a.c"], cwd=build)
+        self.assertEqual(self.trace().count("a.c compiled on distcc-test"),
+                         2, self.trace())
+
     def test_a_long_distcc_dir_does_without_a_control_master(self):
         # Room for the relay's socket, not for ssh's master socket.
         self.distcc_dir = os.path.join(self.work, "long-distcc-dir-")
