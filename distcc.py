@@ -11,33 +11,32 @@ __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:
 
-    wrapper   distcc.py gcc -c foo.c -o foo.o    what the build runs
-    relay     (a fork, not a command)            forked by the first wrapper
-              that needs a host; one per host; listens on a Unix socket in
-              $DISTCC_DIR and holds one ssh session open, over which it
-              multiplexes the jobs of every wrapper
-    server    distcc.py -i                       started on the build host by
-              ssh; many jobs over one stdin/stdout stream
+    wrapper  distcc.py gcc -c foo.c -o foo.o: what the build runs
+    relay    a fork of the first wrapper that needs a host, one per host: it
+             listens on a Unix socket in $DISTCC_DIR and multiplexes the
+             jobs of every wrapper over one ssh session
+    server   distcc.py -i, started on the build host by ssh: many jobs over
+             one stdin/stdout stream
 
 One job's path:
 
     wrapper: scan argv -> take a slot of a host -> preprocess here (gcc -E
-             -fdirectives-only, which also writes any .d file) -> zlib ->
-             JOB frame to the host's relay
-    relay:   -> the same job, renumbered, over the ssh session
-    server:  -> checks it, writes the text to a file in a private temp
-             dir, builds the compiler's command itself, compiles when a CPU
-             is free -> zlib the object -> RESULT frame back
-    wrapper: -> writes the object to a temp name beside the target and
-             renames it into place, prints the compiler's output and exits
-             with the compiler's status
+             -fdirectives-only, which also writes any .d) -> zlib -> JOB
+    relay:   -> the same job, renumbered, over the host's ssh session
+    server:  -> check it, write the text into a private temp dir, build the
+             compiler's command itself, compile when a CPU is free -> zlib
+             the object -> RESULT
+    wrapper: -> write the object to a temp name beside the target, rename
+             it into place, print the compiler's output, exit with its status
 
 Anything that goes wrong on the way (ssh, the relay, the host) compiles
 locally instead, unless DISTCC_FALLBACK=0.  A compile error on the host is
 the answer, not a fault.  A job that still waits for a CPU on its host when
 a localhost slot comes free is taken back and compiled here.
 
-Frames (all integers big-endian):
+The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
+cpus=<n> sandbox=<bwrap or none>", which the client finds even after noise
+from the host's shell start-up files.  Then frames (integers big-endian):
 
     offset size field
     0      2    magic b"DP"
@@ -47,21 +46,13 @@ Frames (all integers big-endian):
     8      4    body length, at most MAX_FRAME
     12     ...  body
 
-A JOB or RESULT body is a 4-byte length, a metadata object and the blobs
-whose sizes the object lists.  An ERROR body is an object with "kind"
-("transport", "protocol" or "rejected") and "message".  A PROGRESS body is
-an object with "state" ("queue": the job waits for a CPU; "compile") and
-"cpu", the seconds of CPU its compiler has used; the server sends one when
-a job must queue, when it starts, and every few seconds while it runs, so
-a silent host is a stalled host and an idle compiler a stuck one.  A CANCEL
-(empty body) tells the server that nobody waits for that job any more: it
-drops the job, or kills its compiler, and sends no answer.  Objects are
-JSON on the ssh leg and marshal on the relay's private socket (see
-Framing).
-
-The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
-cpus=<n>", which the client finds even after noise from the host's shell
-start-up files.
+A JOB, RESULT, QUERY or IDENTITY body is a 4-byte length, a metadata object
+and the blobs whose sizes it lists.  ERROR: an object with "kind"
+("transport", "protocol" or "rejected") and "message".  PROGRESS: "state"
+("queue": the job waits for a CPU; "compile") and "cpu", the CPU seconds
+its compiler has used; sent when a job queues, when it starts and every few
+seconds while it runs.  CANCEL (empty): nobody waits for that job; the
+server drops it or kills its compiler, and sends no answer.
 
 Environment:
 
@@ -75,19 +66,13 @@ Environment:
     DISTCC_RELAY_TIMEOUT  seconds an idle relay lives (default 300)
     DISTCC_CONNECT_TIMEOUT seconds to wait for a host's banner (default 20)
     DISTCC_BACKOFF_PERIOD seconds a host that failed is left alone (60)
-    DISTCC_IO_TIMEOUT     seconds of silence from a busy host, or of a
-                          compiler there using no CPU, before the job
-                          counts as lost (default 60)
-    DISTCC_JOB_TIMEOUT    seconds a job may take on a host at most
-                          (default 1800)
-    DISTCC_SKIP_LOCAL_RETRY  1: a job lost on the way to or from a host
-                          fails instead of compiling here (compile errors
-                          are never retried anyway)
+    DISTCC_IO_TIMEOUT     seconds a busy host may stay silent, or its
+                          compiler use no CPU, before the job is lost (60)
+    DISTCC_JOB_TIMEOUT    seconds a job may take on a host (default 1800)
+    DISTCC_SKIP_LOCAL_RETRY  1: a lost job fails instead of compiling here
     DISTCC_SAVE_TEMPS     1 keeps the text sent ($TMPDIR) and the host's job
-                          directory, and says where (the host's own
-                          environment must set it too)
+                          directory, and says where (the host must set it too)
     DISTCC_SANDBOX        0 on a build host: compile without bubblewrap
-                          even where it is installed
 """
 
 import _socket
@@ -116,31 +101,25 @@ import zlib
 VERSION = "0.4.0"
 PROTOCOL = 2                         # 2: no TEXT frames; PROGRESS per job
 BANNER_PREFIX = b"DISTCC.PY "
-BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d sandbox=%s\n"  # protocol, version,
-                                     # CPUs, "bwrap" or "none"
+BANNER_FORMAT = "DISTCC.PY %d %s cpus=%d sandbox=%s\n"
 BANNER_NOISE_LIMIT = 64 * 1024       # shell noise we skip before the banner
 
-# A header is the magic, type, flags, job id and length, as struct's
-# ">2sBBII" (int.to_bytes does it: importing struct costs every wrapper).
+# struct's ">2sBBII", packed by hand: importing struct slows every wrapper.
 HEADER_SIZE = 12
 MAGIC = b"DP"
 MAX_FRAME = 256 * 1024 * 1024        # checked before any allocation
 
 JOB, RESULT, ERROR, QUERY, IDENTITY, PROGRESS, CANCEL = 1, 2, 3, 4, 5, 6, 8
-FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR",
-               QUERY: "QUERY", IDENTITY: "IDENTITY", PROGRESS: "PROGRESS",
-               CANCEL: "CANCEL"}
+FRAME_NAMES = {JOB: "JOB", RESULT: "RESULT", ERROR: "ERROR", QUERY: "QUERY",
+               IDENTITY: "IDENTITY", PROGRESS: "PROGRESS", CANCEL: "CANCEL"}
 JSON, MARSHAL = "json", "marshal"    # metadata encodings (see Framing)
 PROGRESS_INTERVAL = 2.0              # server heartbeat while jobs run
-HANGUP_POLL = 0.25                   # how often a relay looks for a wrapper
-                                     # that gave up on its job
-TAKE_BACK_POLL = 0.1                 # how often a wrapper whose job queues
-                                     # on a host looks for a localhost slot
+HANGUP_POLL = 0.25                   # a relay polls for wrappers that left
+TAKE_BACK_POLL = 0.1                 # a queued job polls for a local slot
 
-# Level 1, by measurement: Brotli's encode.c as sent (1.09 MB of
-# -fdirectives-only text) shrinks 3.4x at 72 MB/s on the 2-core test
-# machine; level 2 gives 3.6x at 66 MB/s, level 6 4.3x at 17 MB/s, and
-# zlib's RLE and Huffman-only strategies 1.8x and are no faster.
+# Level 1, by measurement on the 2-core test machine: Brotli's encode.c as
+# sent (1.09 MB) shrinks 3.4x at 72 MB/s; level 2 3.6x at 66 MB/s, level 6
+# 4.3x at 17 MB/s, zlib's RLE and Huffman-only strategies 1.8x, no faster.
 COMPRESS_LEVEL = 1
 
 # A compile whose diagnostics quote project headers the host lacks is sent
@@ -172,13 +151,11 @@ DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
 DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
 DEFAULT_JOB_TIMEOUT = 1800.0         # one job on a host, at most
-# Compiles in a localhost slot run at this nice: the wrappers and
-# preprocessors that feed the hosts go first, so the hosts never wait for a
-# CPU busy with a local compile.  In the pinned benchmark, 6 paired rounds:
-# 21.3 s against 24.2 s at nice 0 (median).
+# Localhost slots compile at this nice, so that the wrappers and
+# preprocessors feeding the hosts never wait for a CPU (pinned benchmark,
+# median of 6 paired rounds: 21.3 s against 24.2 s at nice 0).
 LOCAL_SLOT_NICE = 10
-RELAY_RECONNECT_DELAY = 5.0          # a relay's failed connect is final
-                                     # for this long, for every wrapper
+RELAY_RECONNECT_DELAY = 5.0          # a failed connect stands this long
 DEFAULT_REMOTE_COMMAND = "distcc.py"
 CONTROL_PERSIST = "600"              # seconds a master outlives its relay
 SERVER_ALIVE_INTERVAL = "15"
@@ -3807,49 +3784,44 @@ def main(argv=None, invoked_as=None):
                                  "the remote command is 'distcc.py -i'")
             return server_main()
         config = Config(os.environ)
+        if not argv[0].startswith("-"):
+            return wrapper_main(argv, config)
         if argv[0] == "--relay" and len(argv) == 4:   # from exec_relay only
             return relay_main(config, argv[1:])
-        if argv[0] in ("--show-hosts", "--monitor", "--stats", "--summary",
-                       "--zero-stats", "-j", "--stop"):
-            state_dir(config)       # never read, or act on, another's files
         if argv[0] == "--check":
             if len(argv) != 2:
                 raise UsageError("--check takes one host",
                                  "e.g. distcc.py --check buildbox")
             return check_host(config, argv[1])
+        if argv[0] not in ("--show-hosts", "--monitor", "--stats",
+                           "--summary", "--zero-stats", "-j", "--stop"):
+            raise UsageError("unknown option %s" % argv[0],
+                             "name the compiler first (distcc.py gcc %s"
+                             " ...), or see distcc.py --help" % argv[0])
+        state_dir(config)           # never read, or act on, another's files
         if argv[0] == "--show-hosts":
             return show_hosts(config)
         if argv[0] == "--monitor":
             return monitor(config, *parse_monitor_args(argv[1:]))
         if argv[0] == "--summary":
             print(format_summary(summarize_stats(read_stats(config.dir)[0])))
-            return 0
-        if argv[0] == "--stats":
+        elif argv[0] == "--stats":
             import json
             stats = summarize_stats(read_stats(config.dir)[0])
             stats["in_flight"] = read_job_states(config.dir)
             print(json.dumps(stats, indent=2))
-            return 0
-        if argv[0] == "--zero-stats":
+        elif argv[0] == "--zero-stats":
             for name in ("stats", "stats.old", "stats.summary"):
                 try:
                     os.unlink(os.path.join(config.dir, name))
                 except FileNotFoundError:
                     pass  # nothing counted yet
-            return 0
-        if argv[0] == "-j":
-            slots = sum(host_slots(config, h) for h in config.hosts())
-            print("%d" % max(1, slots))
-            return 0
-        if argv[0] == "--stop":
+        elif argv[0] == "-j":
+            print(max(1, sum(host_slots(config, h) for h in config.hosts())))
+        elif argv[0] == "--stop":
             n = relay_stop(config)
             print("stopped %d relay%s" % (n, "s"[n == 1:]))
-            return 0
-        if argv[0].startswith("-"):
-            raise UsageError("unknown option %s" % argv[0],
-                             "name the compiler first (distcc.py gcc %s"
-                             " ...), or see distcc.py --help" % argv[0])
-        return wrapper_main(argv, config)
+        return 0
     except UsageError as e:
         warn(str(e))
         return EXIT_BAD_ARGUMENTS
