@@ -2900,7 +2900,6 @@ def noise_note(seen):
 # The lines of `CC -v` that say what code a compiler makes: its version and
 # target (not install paths, nor "Found CUDA installation ...").
 COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
-FOUND_COMPILERS = {}                    # name -> path or None, on the host
 DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
 ANSI_ESCAPE = rb"\x1b\[[0-9;]*[mK]"
 
@@ -2933,12 +2932,10 @@ def find_compiler(name):
     if not is_compiler_name(name):
         raise Rejected("%r is not a compiler this server runs" % (name,),
                        "the server runs gcc, g++, cc, c++ and clang by name")
-    if name not in FOUND_COMPILERS:          # once per server
-        import shutil
-        FOUND_COMPILERS[name] = shutil.which(name)
-    if not FOUND_COMPILERS[name]:
+    path = find_program(name)               # looked up once per server
+    if path is None:
         raise Rejected("compiler %s is not installed on this host" % name)
-    return FOUND_COMPILERS[name]
+    return path
 
 
 def compiler_identity(path):
@@ -3016,7 +3013,7 @@ class Server:
         with self.write_lock:
             try:
                 write_frame(self.writer, kind, job_id, parts)
-            except (BrokenPipeError, ValueError, OSError):
+            except (OSError, ValueError):
                 pass  # the client went away; its jobs are moot
 
     def serve(self):
@@ -3154,7 +3151,7 @@ def progress_body(control, used=None):
 
 def group_cpu_seconds():
     """Return {process group: CPU seconds, reaped children's too} in /proc."""
-    ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    ticks = os.sysconf("SC_CLK_TCK")
     try:
         names = [name for name in os.listdir("/proc") if name.isdigit()]
     except OSError:
@@ -3344,15 +3341,14 @@ def sandbox_argv(bwrap, tmp):
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--dev", "/dev",
             "--proc", "/proc", "--setenv", "TMPDIR", tmp,
             "--setenv", ENV_SANDBOX, "bwrap"]
-    seen = set()
-    for path in ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-                 "/etc/alternatives", "/etc/ld.so.cache", sys.base_prefix,
-                 os.path.dirname(os.path.realpath(__file__))] + [
+    for path in dict.fromkeys([         # in order, once each
+            "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+            "/etc/alternatives", "/etc/ld.so.cache", sys.base_prefix,
+            os.path.dirname(os.path.realpath(__file__))] + [
             os.path.realpath(d) for d in os.environ.get("PATH", "").split(
                 os.pathsep) if d.startswith("/") and
-            not (os.path.realpath(d) + "/").startswith(home)]:
-        if path not in seen and os.path.exists(path):
-            seen.add(path)
+            not (os.path.realpath(d) + "/").startswith(home)]):
+        if os.path.exists(path):
             argv += ["--ro-bind", path, path]
     # Last, so that no read-only bind above covers it.
     return argv + ["--bind", tmp, tmp, "--chdir", tmp, "--", sys.executable,
@@ -3395,7 +3391,8 @@ def server_main():
     """Serve jobs on stdin/stdout until the client closes the stream."""
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "server"
-    if os.environ.get(ENV_SANDBOX) != "bwrap":
+    sandboxed = os.environ.get(ENV_SANDBOX) == "bwrap"
+    if not sandboxed:
         sweep_job_dirs()
         status = run_sandboxed()
         if status is not None:
@@ -3408,9 +3405,8 @@ def server_main():
     os.dup2(devnull, 0)
     os.close(devnull)
     cpus = usable_cpus()
-    writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus, os.environ.get(
-        ENV_SANDBOX) if os.environ.get(ENV_SANDBOX) == "bwrap" else "none"
-                                   )).encode())
+    writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus, "bwrap"
+                                   if sandboxed else "none")).encode())
     writer.flush()
     Server(reader, writer, cpus).serve()
     return 0
@@ -3498,8 +3494,7 @@ def check_host(config, spec):
         print("--   " + ("host sandboxes compiles (bwrap)" if session.sandbox
                          == "bwrap" else "host does not sandbox compiles "
                          "(no usable bwrap there)"))
-        for name in filter(find_program,
-                           ("gcc", "g++", "cc", "c++", "clang", "clang++")):
+        for name in filter(find_program, COMPILER_BASENAMES):
             try:
                 theirs = session.identity(name)
             except Rejected as e:
@@ -3664,10 +3659,7 @@ def monitor(config, delay, count=None):
     """Every DELAY seconds (COUNT times, or until Ctrl-C) show the jobs in
     flight by host and phase, and what finished since --monitor started."""
     gc.enable()                     # long-lived: the launcher turned it off
-    try:
-        offset = os.stat(os.path.join(config.dir, "stats")).st_size
-    except OSError:
-        offset = 0
+    offset = read_stats(config.dir)[1]      # what finished before is not shown
     finished, shown = [], 0
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""
     while count is None or shown < count:
@@ -3697,8 +3689,7 @@ def format_monitor(jobs, finished, now):
             job["pid"], job["phase"], job["host"], now - job["started"],
             job["source"]))
     stats = summarize_stats(finished)
-    lines.append("finished since --monitor started: " +
-                 format_summary(stats))
+    lines.append("finished since --monitor started: " + format_summary(stats))
     sizes = stats["bytes"]
     if sizes["sent"] or sizes["received"]:
         lines.append("sent %s as %s; received %s as %s"
