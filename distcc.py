@@ -3218,21 +3218,19 @@ def compile_job(body, leftovers, control):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "xb") as f:
                 f.write(data)
-        if meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS:
-            # gcc re-reads the source by name to quote it in diagnostics: the
-            # original at its path, the preprocessed text beside, mapped back.
-            with open(source_path, "wb") as f:
+        input_arg = source if spelled_name(source) else source_path
+        # gcc must read the text as the main file itself (else
+        # -Wsubobject-linkage takes the source's types for a header's), and
+        # re-read the original by that name to quote it in diagnostics: a
+        # FIFO there, which feed_main_file replaces with the original.
+        feed = meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS
+        if feed:
+            os.mkfifo(source_path, 0o600)
+            with open(os.path.join(root, ".original"), "wb") as f:
                 f.write(original)
-            os.mkdir(os.path.join(root, ".pp"))
-            input_path = input_arg = os.path.join(
-                root, ".pp", os.path.basename(source))
-            maps = ["-ffile-prefix-map=%s=%s" % (input_path, source)]
-        else:  # clang names the file as the command line spells it
-            input_path, maps = source_path, []
-            input_arg = source if spelled_name(source) else source_path
-        with open(input_path, "wb") as f:
-            f.write(source_text)
-        del source_text
+        else:
+            with open(source_path, "wb") as f:
+                f.write(source_text)
         # A relative -o stays as spelled (gcc names the .dwo after it), but
         # not an absolute one (naming the temp dir), "..", or an option.
         output = output_arg = meta.get("output")
@@ -3244,12 +3242,12 @@ def compile_job(body, leftovers, control):
         split_dwarf = "-gsplit-dwarf" in args
         if split_dwarf and output_arg != output:
             raise Rejected("-gsplit-dwarf needs a relative output name")
-        # gcc applies one map, the last given first: the input's, the user's
-        # (moved into the job dir if absolute: dpkg-buildflags adds one to
-        # every Debian build), the job dir's.  -pipe: as reads cc1's output
+        # gcc applies one map, the last given first: the user's (moved
+        # into the job dir if absolute: dpkg-buildflags adds one to every
+        # Debian build), then the job dir's.  -pipe: as reads cc1's output
         # as it comes (a tiny job answers 4-6 ms sooner); none is in the .o.
         argv = [compiler, "-pipe", "-ffile-prefix-map=%s=" % root] + [
-            moved_map(arg, root) for arg in args] + maps + [mode] + (
+            moved_map(arg, root) for arg in args] + [mode] + (
             ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
         if meta.get("color"):
             argv.insert(1, "-fdiagnostics-color=always")
@@ -3264,6 +3262,10 @@ def compile_job(body, leftovers, control):
             start_new_session=True)     # a CANCEL kills cc1 and as too
         control.started(proc.pid)
         try:
+            if feed:
+                feed_main_file(proc, source_path, source_text,
+                               os.path.join(root, ".original"))
+            del source_text
             out, err = proc.communicate()
         finally:
             control.finished()
@@ -3292,6 +3294,31 @@ def compile_job(body, leftovers, control):
     finally:
         if not keep:
             leftovers.append(root)
+
+
+def feed_main_file(proc, path, text, original):
+    """Write TEXT into the FIFO at PATH once PROC's compiler has opened it,
+    and rename ORIGINAL over PATH before the text ends: when the compiler
+    re-reads its main file to quote a line, it finds the original, never
+    the FIFO (whose second open would wait for ever)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError as e:
+            if e.errno != errno.ENXIO or proc.poll() is not None:
+                return              # no reader yet, or the compiler has gone
+            time.sleep(0.001)
+    try:
+        os.set_blocking(fd, True)
+        view = memoryview(text)
+        while view:
+            view = view[os.write(fd, view):]
+        os.rename(original, path)
+    except BrokenPipeError:
+        pass  # the compiler ended (or was killed): its status tells
+    finally:
+        os.close(fd)
 
 
 def missing_sources(stderr, work):

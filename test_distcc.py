@@ -2224,6 +2224,23 @@ class TestWrapper(EndToEnd):
         self.assertIn(b"mac.h:1:31: warning: division by zero",
                       self.local(argv).stderr)
 
+    def test_the_host_compiles_the_text_as_the_main_file(self):
+        # A type of the main file with a member from an anonymous
+        # namespace is fine; in a header it earns -Wsubobject-linkage.
+        # The host must know which file is the main one, and still quote
+        # the source's lines (a warning, then the same as an error).
+        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
+        self.write("src/sub.cc", '#include "anon.h"\nnamespace { struct '
+                   'Anon { int x; }; }\nstruct Holder { Anon a; Hdr h; };\n'
+                   'int f(Holder *h) { return h->a.x + h->h.y + 0.5; }\n')
+        for extra in ([], ["-Werror"]):
+            argv = ["g++", "-Wall", "-Wconversion", "-g", "-O1"] + extra + [
+                "-c", "src/sub.cc", "-o", "obj/sub.o"]
+            self.assertSameArtifacts(argv, [] if extra else ["obj/sub.o"])
+        local = self.local(argv[:5] + ["-c", "src/sub.cc", "-o", "obj/sub.o"])
+        self.assertIn(b"return h->a.x", local.stderr)
+        self.assertNotIn(b"subobject", local.stderr)
+
     def test_pedantic_never_hangs_and_matches_local(self):
         self.write("src/p.c", "int empty[0];\nint f(void) { return 0; }\n")
         for flag in ("-pedantic", "-Wpedantic", "-pedantic-errors"):
