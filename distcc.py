@@ -441,10 +441,8 @@ SOURCE_LANGS = {
     ".mm": "objective-c++", ".M": "objective-c++",
     ".i": "cpp-output", ".ii": "c++-cpp-output",
     ".mi": "objective-c-cpp-output", ".mii": "objective-c++-cpp-output"}
-PREPROCESSED_LANGS = {"cpp-output", "c++-cpp-output",
-                      "objective-c-cpp-output", "objective-c++-cpp-output"}
-DISTRIBUTABLE_LANGS = {"c", "c++", "objective-c", "objective-c++"} | \
-    PREPROCESSED_LANGS
+DISTRIBUTABLE_LANGS = set(SOURCE_LANGS.values())
+PREPROCESSED_LANGS = {lang for lang in DISTRIBUTABLE_LANGS if "output" in lang}
 
 # Preprocessor options: they run here, and are dropped from the host's
 # command.  Those in the first set take a value, joined or separate.
@@ -452,41 +450,34 @@ CPP_OPTIONS_WITH_VALUE = (
     "-D", "-U", "-I", "-MF", "-MT", "-MQ", "-include", "-imacros", "-isystem",
     "-iquote", "-idirafter", "-iprefix", "-iwithprefixbefore", "-iwithprefix",
     "-isysroot", "-imultilib", "--sysroot")
+CPP_FLAGS = {"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++",
+             "-undef", "-C", "-CC", "-H", "-P", "-remap"}
 # Link-only options: meaningless with -c, so the host never sees them.
 LINK_OPTIONS_WITH_VALUE = {"-L", "-l", "-T", "-u", "-z", "-e", "-Xlinker"}
 LINK_FLAGS = {"-static", "-shared", "-pie", "-no-pie", "-rdynamic", "-s",
               "-nostdlib", "-nodefaultlibs", "-nostartfiles"}
-CPP_FLAGS = {"-MD", "-MMD", "-MP", "-MG", "-nostdinc", "-nostdinc++",
-             "-undef", "-C", "-CC", "-H", "-P", "-remap"}
 
-# Options whose value is a separate argument that is not a source file.
-OPTIONS_WITH_SEPARATE_VALUE = {
-    "-o", "-x", "-MF", "-MT", "-MQ", "-D", "-U", "-I", "-include",
-    "-imacros", "-isystem", "-iquote", "-idirafter", "-iprefix",
-    "-iwithprefix", "-iwithprefixbefore", "-isysroot", "-imultilib",
-    "--sysroot", "--param", "-Xpreprocessor", "-Xassembler", "-Xlinker",
-    "-Xclang", "-mllvm", "-aux-info", "-L", "-l", "-T", "-u", "-z", "-e",
-    "-target", "--target", "-arch", "-dumpbase", "-dumpdir",
+# Other options whose value is a separate argument, not a source file.
+OPTIONS_WITH_SEPARATE_VALUE = LINK_OPTIONS_WITH_VALUE | {
+    "--param", "-target", "--target", "-Xpreprocessor", "-Xassembler",
+    "-Xclang", "-mllvm", "-aux-info", "-arch", "-dumpbase", "-dumpdir",
     "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G", "-MJ"}
 
 # Options that compile here although remote_refusal lets them pass, or
 # with a clearer reason than it gives (-E, -M and -MM also decide what the
-# local compile writes): exact matches, then prefixes, with the reason.
+# local compile writes), with the reason.
 LOCAL_EXACT = {
     "-E": "-E only preprocesses",
     "-M": "-M only lists dependencies", "-MM": "-MM only lists dependencies",
     "-fsyntax-only": "-fsyntax-only writes no object",
-    "-march=native": "-march=native tunes for this machine",
-    "-mtune=native": "-mtune=native tunes for this machine",
-    "-mcpu=native": "-mcpu=native tunes for this machine",
-    "-g3": "-g3 records macros the host would see differently",
-    "-ggdb3": "-g3 records macros the host would see differently",
+    **{native: native + " tunes for this machine"
+       for native in ("-march=native", "-mtune=native", "-mcpu=native")},
+    **dict.fromkeys(("-g3", "-ggdb3"),
+                    "-g3 records macros the host would see differently"),
     # gcc -pedantic complains of the line markers in the text the host
     # compiles (the fix is issue 18's: compile it as the user's file).
     **dict.fromkeys(("-pedantic", "-Wpedantic", "-pedantic-errors"),
                     "-pedantic warns about the host's line markers")}
-# The scanner would take -include-pch for -include with a value.
-LOCAL_PREFIXES = (("-include-pch", "precompiled headers are files here"),)
 
 
 class Job:
@@ -510,13 +501,6 @@ def compiler_family(compiler):
     return "clang" if "clang" in os.path.basename(compiler) else "gcc"
 
 
-def language_of(path):
-    """Return gcc's language for PATH's extension, or None."""
-    base = os.path.basename(path)
-    dot = base.rfind(".")
-    return SOURCE_LANGS.get(base[dot:]) if dot > 0 else None
-
-
 def replace_suffix(path, suffix):
     """Replace PATH's extension with SUFFIX, as gcc's %.SUFFIX does."""
     head, base = os.path.split(path)
@@ -524,24 +508,18 @@ def replace_suffix(path, suffix):
     return os.path.join(head, (base[:dot] if dot > 0 else base) + suffix)
 
 
-def local_reason(arg):
-    """Return why ARG forces a local compile, or None."""
-    return LOCAL_EXACT.get(arg) or next((why for prefix, why in LOCAL_PREFIXES
-                                         if arg.startswith(prefix)), None)
-
-
-def split_value_option(args, i, names):
-    """If args[i] is one of NAMES, joined or separate, return
-    (name, value, next index); otherwise None."""
-    arg = args[i]
-    for name in names:
+def split_value_option(arg, rest):
+    """If ARG is one of CPP_OPTIONS_WITH_VALUE, return (name, value, the
+    arguments), a separate value taken from the iterator REST; else None."""
+    for name in CPP_OPTIONS_WITH_VALUE:
         if arg == name:
-            if i + 1 >= len(args):
+            value = next(rest, None)
+            if value is None:
                 raise LocalOnly("%s has no value" % name)
-            return name, args[i + 1], i + 2
+            return name, value, [arg, value]
         joined = name + "=" if name.startswith("--") else name
         if arg.startswith(joined):
-            return name, arg[len(joined):], i + 1
+            return name, arg[len(joined):], [arg]
     return None
 
 
@@ -552,22 +530,20 @@ def scan_args(argv):
     if not argv:
         raise LocalOnly("no compiler given")
     job = Job(argv[0], list(argv))
-    args = argv[1:]
     family = compiler_family(job.compiler)
     reason = None            # the first reason to stay local
     sources = []             # (path, -x language in force)
     deps = targets = False   # -MD or -MMD seen; -MT or -MQ seen
     mf = dwarf = None        # -MF value; N of -gdwarf-N
-    wp_deps = False          # -Wp,-MD,FILE: gcc never tells cc1 the -o
-    debug = False            # any -g but -g0, last one wins
+    wp_deps = debug = False  # -Wp,-MD,FILE seen; the last -g is not -g0
     stdout_only = None       # -E, -M, -MM, -fsyntax-only: what it is
     cpp, remote = [], []     # arguments kept for preprocessing; for the host
-    output = lang = None
-    i = 0
-    while i < len(args):
-        arg, i = args[i], i + 1      # i: the next argument, as a value
-        split = split_value_option(args, i - 1, CPP_OPTIONS_WITH_VALUE)
-        reason = reason or local_reason(arg)
+    output = lang = None     # -o value; -x value in force
+    rest = iter(argv[1:])    # an option with a value takes the next one
+    for arg in rest:
+        reason = reason or LOCAL_EXACT.get(arg)
+        if arg.startswith("-include-pch"):  # not -include with a value
+            reason = reason or "precompiled headers are files here"
         if arg in ("-E", "-M", "-MM", "-fsyntax-only"):
             stdout_only = arg
         if arg == "-" or not arg.startswith("-"):
@@ -580,13 +556,11 @@ def scan_args(argv):
                 reason = reason or "both -c and -S given"
             job.mode = arg
         elif arg.startswith("-o"):
-            output, i = (args[i] if i < len(args) else None, i + 1) \
-                if arg == "-o" else (arg[2:], i)
+            output = next(rest, None) if arg == "-o" else arg[2:]
             if output is None:
                 reason = reason or "-o has no value"
         elif arg.startswith("-x"):
-            lang, i = (args[i] if i < len(args) else "", i + 1) \
-                if arg == "-x" else (arg[2:], i)
+            lang = next(rest, "") if arg == "-x" else arg[2:]
             if lang == "none":
                 lang = None
             elif lang not in DISTRIBUTABLE_LANGS:
@@ -597,36 +571,35 @@ def scan_args(argv):
                 # gcc hands "-MD FILE" straight to the preprocessor: FILE is
                 # the .d, and its target is derived as for -MD.
                 deps, mf, wp_deps = True, wp[1], family == "gcc"
-                cpp.append("-" + wp[0].lstrip("-"))
+                cpp.append(wp[0])
             elif all(w.startswith(("-D", "-U", "-I")) and len(w) > 2
                      for w in wp):
                 cpp.append(arg)
             else:
                 reason = reason or "-Wp, passes options straight to the " \
                     "preprocessor"
-        elif split:
-            name, value, nxt = split
+        elif split := split_value_option(arg, rest):
+            name, value, words = split
             if name == "-MF":
                 mf = value
             else:
                 targets = targets or name in ("-MT", "-MQ")
-                cpp.extend(args[i - 1:nxt])
-            i = nxt
+                cpp.extend(words)
         elif arg in CPP_FLAGS:
             deps = deps or arg in ("-MD", "-MMD")
             cpp.append(arg)
         elif arg in OPTIONS_WITH_SEPARATE_VALUE:
-            if i >= len(args):
+            value = next(rest, None)
+            if value is None:
                 reason = reason or "%s has no value" % arg
                 continue
-            cpp.extend(args[i - 1:i + 1])
+            cpp.extend([arg, value])
             if arg in ("--param", "-target", "--target"):
                 # The host gets the joined spelling (see remote_refusal).
-                arg = "--%s=%s" % (arg.lstrip("-"), args[i])
+                arg = "--%s=%s" % (arg.lstrip("-"), value)
                 remote.append(arg)
             if arg not in LINK_OPTIONS_WITH_VALUE:
                 reason = reason or remote_refusal(arg)
-            i += 1
         elif arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
             cpp.append(arg)  # link-only: the host does not need it
         else:
@@ -643,7 +616,10 @@ def scan_args(argv):
         (sources[0][0] if sources else None)
     stem = os.path.basename(sources[0][0]) if sources else None
     if len(sources) == 1:
-        job.lang = sources[0][1] or language_of(sources[0][0])
+        job.explicit_lang = sources[0][1]
+        dot = stem.rfind(".")    # not a hidden file's leading dot
+        job.lang = job.explicit_lang or SOURCE_LANGS.get(
+            stem[dot:] if dot > 0 else "")
     if stdout_only:
         job.output = {"-E": output, "-M": mf or output,
                       "-MM": mf or output}.get(stdout_only)
@@ -652,7 +628,7 @@ def scan_args(argv):
     elif output is not None:
         job.output = output
     elif len(sources) == 1:
-        llvm = "-emit-llvm" in args      # clang's bitcode, or its text
+        llvm = "-emit-llvm" in argv[1:]  # clang's bitcode, or its text
         suffix = {"-c": (".o", ".bc"), "-S": (".s", ".ll")}[job.mode][llvm]
         job.output = replace_suffix(stem, suffix)
 
@@ -668,13 +644,11 @@ def scan_args(argv):
     if len(sources) != 1:
         raise LocalOnly("%d source files in one command" % len(sources)
                         if sources else "no source file", job)
-    source, source_lang = sources[0]
-    if source == "-":
+    if job.source == "-":
         raise LocalOnly("source is standard input", job)
-    job.explicit_lang = source_lang
     if job.lang is None:
-        raise LocalOnly("%s is not a C, C++ or Objective-C source" % source,
-                        job)
+        raise LocalOnly("%s is not a C, C++ or Objective-C source"
+                        % job.source, job)
     if stem.startswith(("conftest.", "conftest_")):
         raise LocalOnly("configure test programs are cheap and fragile", job)
     if output == "-":
@@ -773,8 +747,7 @@ REMOTE_PATH_STRINGS = (       # values that are recorded, never opened
     "-fdebug-compilation-dir=", "-fcoverage-compilation-dir=",
     "-ffile-compilation-dir=", "-finstrument-functions-exclude-file-list=",
     "-frandom-seed=")
-OPTION_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                         "0123456789_-=.,+:%")
+OPTION_CHARS = NAME_CHARS | frozenset("-=,+:%")
 # Within those families, what reads or writes files or runs programs
 # (from gcc --help=common,optimizers,warnings,target,c,c++,undocumented
 # and clang's --help-hidden: every option that takes a file, a directory,
@@ -833,8 +806,7 @@ def remote_refusal(arg):
 
 
 def check_server_args(args):
-    """Raise Rejected unless every element of ARGS is an option a host
-    runs (see remote_refusal)."""
+    """Raise Rejected unless ARGS is a list of options a host runs."""
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise Rejected("arguments must be a list of strings")
     for arg in args:
@@ -861,11 +833,8 @@ class Host:
         self.user = user              # ssh user, or None for the default
         self.limit = limit            # max concurrent jobs, or None
         self.command = command        # path of distcc.py on the host
-
-    @property
-    def is_local(self):
-        return self.hostname == "localhost" and self.user is None and \
-            not self.spec.startswith("@")
+        self.is_local = hostname == "localhost" and user is None and \
+            not spec.startswith("@")  # a slot here, not ssh to localhost
 
     def key(self):
         """Return a short stable name for this host's relay and files: the
@@ -886,15 +855,11 @@ class Host:
         return "Host(%r)" % self.spec
 
 
-HOST_OPTIONS = ("lzo", "cpp", "auth")
-
-
 def parse_host(token):
-    """Parse one DISTCC_HOSTS token into a Host; raises UsageError naming
-    the token."""
+    """Parse a DISTCC_HOSTS token into a Host; raises UsageError naming it."""
     body = token
-    # distcc's ",lzo" and ",cpp" options: compression is always on here.
-    while "," in body and body.rsplit(",", 1)[1] in HOST_OPTIONS:
+    # distcc's ",lzo", ",cpp" and ",auth": compression is always on here.
+    while "," in body and body.rsplit(",", 1)[1] in ("lzo", "cpp", "auth"):
         body = body.rsplit(",", 1)[0]
     if body.startswith("localhost"):
         rest = body[len("localhost"):]
@@ -945,8 +910,7 @@ def parse_hosts(text):
     UsageError naming the first bad token."""
     hosts = HostList()
     for line in text.splitlines():
-        line = line.split("#", 1)[0]
-        for token in line.split():
+        for token in line.split("#", 1)[0].split():
             if token == "--randomize":
                 hosts.randomize = True
             elif token.startswith(("--localslots=", "--localslots_cpp=")):
@@ -1012,25 +976,21 @@ def try_slot(directory, name):
 
 
 def acquire_slot(config, hosts, queue_name="queue"):
-    """Take a slot of the host in HOSTS with the most free slots (None if
-    HOSTS is empty), queueing on QUEUE_NAME: each pool has its own queue,
-    as a wrapper holding a host slot may queue for a preprocessing slot.
+    """Take a slot of the host in HOSTS with the most free slots, queueing
+    on QUEUE_NAME: each pool has its own queue, as a wrapper holding a host
+    slot may queue for a preprocessing slot.
 
     Blocks until a slot is free: the wrapper holding the queue lock polls
     (with growing sleeps) while the others sleep in flock()."""
-    if not hosts:
-        return None
     directory = os.path.join(config.dir, "slots")
     queue = os.open(os.path.join(directory, queue_name),
                     os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(queue, fcntl.LOCK_EX)
         delay = 0.002
-        slot = take_free_slot(config, directory, hosts)
-        while slot is None:
+        while (slot := take_free_slot(config, directory, hosts)) is None:
             time.sleep(delay)
             delay = min(delay * 1.5, 0.05)
-            slot = take_free_slot(config, directory, hosts)
         return slot
     finally:
         os.close(queue)
@@ -1040,36 +1000,31 @@ def take_free_slot(config, directory, hosts):
     """One look at the slots of HOSTS; return a Slot of the host with the
     most free slots, or None.  At most one slot file per host stays open
     while it looks (a host at /1100 must not cost 1100 descriptors)."""
-    found = []                      # (host, fd of a free slot, free count)
+    fds = {}                        # host: the first of its free slots
+    free = []                       # (host, free slots)
     try:
         for host in hosts:
-            fd, free = None, 0
+            count = 0
             for n in range(host_slots(config, host)):
-                got = try_slot(directory, "%s.%d" % (host.key(), n))
-                if got is not None:
-                    free += 1
-                    if fd is None:
-                        fd = got
+                fd = try_slot(directory, "%s.%d" % (host.key(), n))
+                if fd is not None:
+                    count += 1
+                    if host in fds:
+                        os.close(fd)
                     else:
-                        os.close(got)
-            found.append((host, fd, free))
-        chosen = choose_host([(h, free) for h, _, free in found])
-        for i, (host, fd, _) in enumerate(found):
-            if host is chosen:
-                found[i] = (host, None, 0)
-                return Slot(host, fd)
-        return None
+                        fds[host] = fd
+            free.append((host, count))
+        chosen = choose_host(free)
+        return Slot(chosen, fds.pop(chosen)) if chosen else None
     finally:
-        for _, fd, _ in found:
-            if fd is not None:
-                os.close(fd)
+        for fd in fds.values():
+            os.close(fd)
 
 
 def host_slots(config, host):
     """slot_limit of HOST, with the CPU count its relay recorded."""
-    if host.limit or host.is_local:
-        return slot_limit(host)
-    text = read_host_note(config, host, "cpus").strip()
+    text = "" if host.limit or host.is_local else \
+        read_host_note(config, host, "cpus").strip()
     return slot_limit(host, int(text) if text.isdigit() else None)
 
 
@@ -1162,7 +1117,6 @@ def mark_host_good(config, host):
     except FileNotFoundError:
         pass  # the usual case: it was never backed off
     release_probe(config, host)
-
 # ---------------------------------------------------------------------------
 # Wrapper
 #
