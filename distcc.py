@@ -2092,7 +2092,6 @@ def summarize_if_idle(config):
 
 def state_dir(config):
     """Create (0700) and check $DISTCC_DIR; return its path.
-
     Raises UsageError if it is not ours or others can write to it."""
     path = config.dir
     own = "set DISTCC_DIR to a directory you own"
@@ -2123,10 +2122,8 @@ def relay_paths(config, host):
 
 def connect_relay(config, host):
     """Return a socket connected to HOST's relay, starting it if needed.
-
     Raises TransportError if no relay answers within a few seconds."""
-    # _socket is the C core of socket; socket itself imports enum, which
-    # would cost the wrapper 4 ms per compile.
+    # _socket, the C core of socket: socket imports enum (4 ms a compile).
     sock_path, lock_path = relay_paths(config, host)
     deadline, delay = time.monotonic() + 10.0, 0.005
     while True:
@@ -2154,7 +2151,6 @@ def connect_relay(config, host):
 
 def start_relay(config, host, sock_path, lock_path):
     """Start HOST's relay unless another process is starting or running it.
-
     Raises UsageError for a DISTCC_SSH that cannot be split: here, where
     the build sees it, not in the detached relay."""
     config.ssh_command
@@ -2181,20 +2177,16 @@ def start_relay(config, host, sock_path, lock_path):
 
 def bind_listener(sock_path):
     """Bind and listen on SOCK_PATH (mode 0600), replacing a stale socket.
-
     The caller holds the relay lock, so no live relay owns the path."""
     import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(sock_path)
-        except OSError:
-            try:
-                os.unlink(sock_path)
-            except FileNotFoundError:
-                pass  # nothing stale to remove
-        else:
+        if probe.connect_ex(sock_path) == 0:
             raise TransportError("a relay answers on %s without holding its "
                                  "lock" % sock_path)
+    try:
+        os.unlink(sock_path)
+    except FileNotFoundError:
+        pass  # nothing stale to remove
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
@@ -2217,7 +2209,15 @@ def exec_relay(config, host, listener, lock_fd):
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
-    close_other_fds({listener.fileno(), lock_fd})   # devnull's own too
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, 256)
+    for fd in set(fds).difference((0, 1, 2, listener.fileno(), lock_fd)):
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # the listing's own descriptor, already closed
     for fd in (listener.fileno(), lock_fd):
         os.set_inheritable(fd, True)
     env = dict(os.environ, DISTCC_PYTHON=sys.executable, **{
@@ -2244,16 +2244,12 @@ def absolute_ssh(argv):
 
 
 def relay_main(config, args):
-    """The relay that exec_relay started: `--relay SPEC LISTEN_FD LOCK_FD`."""
+    """The relay exec_relay started (`--relay SPEC LISTEN_FD LOCK_FD`):
+    write its pid, serve, clean up."""
     import socket
     host = parse_host(args[0])
-    listener = socket.socket(fileno=int(args[1]))
-    run_relay_child(config, host, listener, int(args[2]),
-                    relay_paths(config, host)[0])
-
-
-def run_relay_child(config, host, listener, lock_fd, sock_path):
-    """The detached relay: write its pid, serve, clean up."""
+    listener, lock_fd = socket.socket(fileno=int(args[1])), int(args[2])
+    sock_path = relay_paths(config, host)[0]
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "relay"
     os.ftruncate(lock_fd, 0)
@@ -2281,31 +2277,6 @@ def run_relay_child(config, host, listener, lock_fd, sock_path):
             subprocess.call(argv, stdin=null, stdout=null, stderr=null,
                             timeout=10)
         trace("relay for %s exits" % host.spec)
-
-
-def close_other_fds(keep):
-    """Close every descriptor above 2 except those in KEEP."""
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = range(3, 256)
-    for fd in set(fds).difference(keep, (0, 1, 2)):
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # the listing's own descriptor, already closed
-
-
-def peer_creds(sock):
-    """Return (pid, uid) of the process at the other end of Unix socket
-    SOCK, or (None, None) where the platform cannot say."""
-    import socket
-    import struct
-    if not hasattr(socket, "SO_PEERCRED"):
-        return None, None
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                            struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[:2]
 
 
 def hung_up(sock):
@@ -2361,21 +2332,18 @@ class Relay:
                   % (host.hostname, self.session.server_version))
             return self.session
 
-    def local_identity(self, path):
+    def check_compiler(self, session, meta):
+        """Raise Rejected unless the host's compiler of the job META is
+        the same as the local one (version and target)."""
+        compiler, path = meta.get("compiler"), meta.get("compiler_path")
+        theirs = session.identity(compiler)
         try:
             key = (path, os.stat(path).st_mtime)
         except OSError:
             raise Rejected("local compiler %s has gone" % path)
         if key not in self.local_identities:
             self.local_identities[key] = compiler_identity(path)
-        return self.local_identities[key]
-
-    def check_compiler(self, session, meta):
-        """Raise Rejected unless the host's compiler of the job META is
-        the same as the local one (version and target)."""
-        compiler = meta.get("compiler")
-        theirs = session.identity(compiler)
-        ours = self.local_identity(meta.get("compiler_path"))
+        ours = self.local_identities[key]
         if theirs == ours:
             return
         with self.lock:
@@ -2391,11 +2359,16 @@ class Relay:
 
     def serve_wrapper(self, conn):
         """Forward one wrapper's job, the host's PROGRESS and the answer."""
+        import socket
+        import struct
         try:
-            _, uid = peer_creds(conn)
-            if uid is not None and uid != os.getuid():
-                warn("refused a connection from uid %d" % uid)
-                return
+            if hasattr(socket, "SO_PEERCRED"):   # struct ucred: pid, uid, gid
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                        struct.calcsize("3i"))
+                uid = struct.unpack("3i", creds)[1]
+                if uid != os.getuid():
+                    warn("refused a connection from uid %d" % uid)
+                    return
             out = conn.makefile("wb")
             try:
                 try:
@@ -2407,8 +2380,7 @@ class Relay:
                 kind, _, body = frame
                 if kind != JOB:
                     raise ProtocolError("expected a JOB frame")
-                # Wrappers speak marshal, hosts JSON (see Framing); the
-                # blobs pass through as views, never copied.
+                # The blobs pass through as views, never copied.
                 meta, blobs = unpack_body(body, MARSHAL)
                 session = self.get_session()
                 self.check_compiler(session, meta)
@@ -2435,7 +2407,6 @@ class Relay:
                 self.active -= 1
 
     def spawn(self, conn):
-        """Serve the wrapper on CONN in a thread of its own."""
         import threading
         conn.settimeout(None)
         with self.lock:
@@ -2445,14 +2416,13 @@ class Relay:
 
     def serve(self):
         """Accept wrappers until idle for the relay timeout."""
-        import socket
         self.listener.settimeout(1.0)
         idle_since = time.monotonic()
         while True:
             try:
                 self.spawn(self.listener.accept()[0])
                 idle_since = time.monotonic()
-            except socket.timeout:
+            except _socket.timeout:
                 if self.active:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since > self.config.relay_timeout:
@@ -2482,10 +2452,9 @@ class Relay:
 
 
 def relay_stop(config):
-    """Stop every relay in DISTCC_DIR (and its ssh master), by the pid in
-    its lockfile, and forget every backoff; return how many stopped.  A
-    lockfile that nobody holds locked names no relay: its pid is stale
-    and may be anybody's now."""
+    """Stop every relay in DISTCC_DIR and its ssh master (by the pid in its
+    lockfile) and forget every backoff; return how many stopped.  A lockfile
+    nobody holds locked names no relay: its pid may be anybody's now."""
     import glob
     import signal
     stopped = 0
@@ -2514,12 +2483,26 @@ def relay_stop(config):
 
 def build_ssh_argv(ssh_command, host, control_dir):
     """Return the argv that runs the server on HOST over ssh.
-
     SSH_COMMAND is DISTCC_SSH already split once with shlex."""
     import shlex
     # Never prompt for a password or a host key in the middle of a build.
     argv = list(ssh_command) + ["-o", "BatchMode=yes"]
-    argv += control_options(control_dir) + [
+    # One ControlMaster per host (a respawned relay reconnects without a
+    # handshake), unless its socket's path would be too long: ssh binds it
+    # as PATH.<16 random characters>, and %C is a 40-character hash.
+    path = os.path.join(control_dir, "cm-%C")
+    if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
+            SOCKET_PATH_LIMIT:
+        trace("no ssh ControlMaster: %s is too long a directory for its "
+              "socket; a shorter DISTCC_DIR lets relays share one"
+              % control_dir)
+        argv += ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
+    else:
+        if any(c.isspace() for c in path):
+            path = '"%s"' % path    # ssh splits an option's value at blanks
+        argv += ["-o", "ControlMaster=auto", "-o", "ControlPath=" + path,
+                 "-o", "ControlPersist=" + CONTROL_PERSIST]
+    argv += [
         # Notice a dead peer instead of waiting on it forever.
         "-o", "ServerAliveInterval=" + SERVER_ALIVE_INTERVAL,
         "-o", "ServerAliveCountMax=3",
@@ -2529,24 +2512,6 @@ def build_ssh_argv(ssh_command, host, control_dir):
         argv += ["-l", host.user]
     command = shlex.quote(host.command or DEFAULT_REMOTE_COMMAND) + " -i"
     return argv + ["--", host.hostname, command]
-
-
-def control_options(control_dir):
-    """The ssh options of a ControlMaster in CONTROL_DIR (one per host, so
-    a respawned relay reconnects without a handshake), or of none where its
-    socket's path would be too long (ssh binds it as PATH.<16 random
-    characters>; %C is a 40-character hash)."""
-    path = os.path.join(control_dir, "cm-%C")
-    if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
-            SOCKET_PATH_LIMIT:
-        trace("no ssh ControlMaster: %s is too long a directory for its "
-              "socket; a shorter DISTCC_DIR lets relays share one"
-              % control_dir)
-        return ["-o", "ControlMaster=no", "-o", "ControlPath=none"]
-    if any(c.isspace() for c in path):
-        path = '"%s"' % path        # ssh splits an option's value at blanks
-    return ["-o", "ControlMaster=auto", "-o", "ControlPath=" + path,
-            "-o", "ControlPersist=" + CONTROL_PERSIST]
 
 
 class Pending:
@@ -2610,7 +2575,6 @@ class Session:
             if silent:
                 self.fail("no word from the host for %ds with jobs in flight"
                           % io_timeout)
-                self.proc.kill()
 
     def read_stderr(self):
         for line in self.proc.stderr:
@@ -2621,7 +2585,11 @@ class Session:
 
     def exit_message(self):
         """Describe why the ssh process ended, with ssh's own words."""
-        status = self.proc.poll()
+        import subprocess
+        try:
+            status = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            status = None   # its stdout closed, it runs on: close() kills it
         for _ in range(20):        # let the stderr thread catch up
             if self.stderr_tail or status is None:
                 break
@@ -2656,18 +2624,12 @@ class Session:
         except (ProtocolError, OSError, ValueError) as e:
             self.fail("bad stream from the server: %s" % e)
             return
-        import subprocess
-        try:
-            self.proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:
-            pass  # still running with its stdout closed: close() kills it
         self.fail(self.exit_message())
 
     def fail(self, message):
         """Mark the session dead and fail every job in flight."""
         with self.lock:
-            if self.failure is None:
-                self.failure = message
+            self.failure = self.failure or message
             pending, self.pending = self.pending, {}
         for p in pending.values():
             with p.changed:
@@ -2691,14 +2653,11 @@ class Session:
     def call(self, kind, parts, timeout=None):
         """Send one frame and wait for its answer; return (type, body).
         Past TIMEOUT seconds without one, the session is failed.
-
         Raises TransportError if the session is dead."""
-        _, pending = self.start(kind, parts)
-        return self.wait(kind, pending, timeout=timeout)
+        return self.wait(kind, self.start(kind, parts)[1], timeout=timeout)
 
     def start(self, kind, parts):
         """Send the frame that starts a job; return (job id, Pending).
-
         Raises TransportError if the session is dead."""
         pending = Pending()
         with self.lock:
@@ -2714,7 +2673,6 @@ class Session:
         return job_id, pending
 
     def send(self, kind, job_id, parts):
-        """Send one frame for job JOB_ID."""
         try:
             with self.write_lock:
                 write_frame(self.proc.stdin, kind, job_id, parts)
@@ -2765,7 +2723,6 @@ class Session:
 
     def identity(self, compiler):
         """Return the host's identity of COMPILER, asked once a session.
-
         Raises Rejected if the host lacks it, TransportError if the session
         dies."""
         with self.lock:
@@ -2807,7 +2764,6 @@ def relay_progress(body):
 def find_banner(f):
     """Read past shell noise up to the server's banner line; return the
     server's (version, CPU count or None, sandbox: "bwrap" or "none").
-
     Raises ProtocolError showing what came instead, or TransportError on EOF
     (the caller knows why ssh ended)."""
     seen = bytearray()
@@ -2834,11 +2790,9 @@ def find_banner(f):
 
 def noise_note(seen):
     """Return ' (received: ...)' with the first printable bytes of SEEN."""
-    if not seen:
-        return ""
-    text = bytes(seen[:80]).decode("ascii", "replace")
-    text = "".join(c if c.isprintable() else "." for c in text)
-    return " (received: %r)" % text
+    text = "".join(c if c.isprintable() else "."
+                   for c in bytes(seen[:80]).decode("ascii", "replace"))
+    return " (received: %r)" % text if seen else ""
 # ---------------------------------------------------------------------------
 # Server (-i)
 #
