@@ -420,10 +420,10 @@ def decompress(data, limit=MAX_FRAME):
     """Inflate zlib DATA; ProtocolError if corrupt or over LIMIT bytes."""
     d = zlib.decompressobj()
     try:
-        out = d.decompress(data, limit)
+        out = d.decompress(data, limit + 1)     # zlib reads 0 as no limit
     except zlib.error as e:
         raise ProtocolError("corrupt compressed data: %s" % e)
-    if d.unconsumed_tail or not d.eof:
+    if len(out) > limit or d.unconsumed_tail or not d.eof:
         raise ProtocolError("compressed data is truncated or over %d bytes"
                             % limit)
     return out
@@ -603,7 +603,7 @@ def scan_args(argv):
         elif arg.startswith(("-L", "-l", "-Wl,")) or arg in LINK_FLAGS:
             cpp.append(arg)  # link-only: the host does not need it
         else:
-            if arg.startswith("-gdwarf-") and arg[8:].isdigit():
+            if arg.startswith("-gdwarf-") and arg[8:].isdecimal():
                 dwarf = int(arg[8:])
             if arg.startswith("-g"):
                 debug = arg != "-g0"
@@ -865,7 +865,7 @@ def parse_host(token):
         rest = body[len("localhost"):]
         if rest == "":
             return Host(token, "localhost")
-        if rest.startswith("/") and rest[1:].isdigit() and int(rest[1:]) > 0:
+        if rest.startswith("/") and rest[1:].isdecimal() and int(rest[1:]) > 0:
             return Host(token, "localhost", limit=int(rest[1:]))
         raise UsageError("bad host %r" % token,
                          "write localhost or localhost/N")
@@ -887,7 +887,7 @@ def parse_host(token):
                              "write @host:/path/to/distcc.py")
     if "/" in body:
         body, text = body.split("/", 1)
-        if not text.isdigit() or int(text) < 1:
+        if not text.isdecimal() or int(text) < 1:
             raise UsageError("bad host %r: limit %r is not a positive number"
                              % (token, text), "write @host/8")
         limit = int(text)
@@ -915,7 +915,7 @@ def parse_hosts(text):
                 hosts.randomize = True
             elif token.startswith(("--localslots=", "--localslots_cpp=")):
                 name, _, value = token.partition("=")
-                if not value.isdigit() or int(value) < 1:
+                if not value.isdecimal() or int(value) < 1:
                     raise UsageError("bad option %r: not a positive number"
                                      % token, "write %s=4" % name)
                 setattr(hosts, "cpp_slots" if name == "--localslots_cpp"
@@ -1025,7 +1025,7 @@ def host_slots(config, host):
     """slot_limit of HOST, with the CPU count its relay recorded."""
     text = "" if host.limit or host.is_local else \
         read_host_note(config, host, "cpus").strip()
-    return slot_limit(host, int(text) if text.isdigit() else None)
+    return slot_limit(host, int(text) if text.isdecimal() else None)
 
 
 def others_queued(directory):
@@ -2069,7 +2069,7 @@ def summarize_if_idle(config):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        offset = int(text) if text.isdigit() else None
+        offset = int(text) if text.isdecimal() else None
         records, end = read_stats(config.dir, offset)
         if records:
             trace("summary: " + format_summary(summarize_stats(records)))
@@ -2470,7 +2470,7 @@ def relay_stop(config):
             pid = os.pread(fd, 32, 0).strip()
         finally:
             os.close(fd)
-        if pid.isdigit() and int(pid) > 0:
+        if pid.isdecimal() and int(pid) > 0:
             try:
                 os.kill(int(pid), signal.SIGTERM)
                 stopped += 1
@@ -2776,7 +2776,7 @@ def find_banner(f):
             fields = line.decode("ascii", "replace").split()
             if len(fields) >= 3 and fields[1] == str(PROTOCOL):
                 cpus = [min(int(x[5:]), MAX_HOST_CPUS) for x in fields[3:]
-                        if x.startswith("cpus=") and x[5:].isdigit()]
+                        if x.startswith("cpus=") and x[5:].isdecimal()]
                 box = "bwrap" if "sandbox=bwrap" in fields[3:] else "none"
                 return fields[2], (cpus[-1] if cpus else None), box
             raise ProtocolError("server speaks %r, we speak protocol %d" % (
@@ -2940,7 +2940,8 @@ class Server:
                 control = self.controls.get(job_id)
                 if control is not None:  # else it has ended already
                     control.cancel()
-            elif kind == JOB and len(self.controls) >= MAX_SESSION_JOBS:
+            elif kind in (JOB, QUERY) and sum(
+                    t.is_alive() for t in self.threads) >= MAX_SESSION_JOBS:
                 self.send(ERROR, job_id, error_body("rejected", (
                     "%d jobs of this session are on the host already"
                     % MAX_SESSION_JOBS)))
@@ -3005,6 +3006,9 @@ class Server:
             except OSError as e:  # full disk, no tmp: the host's fault
                 kind, parts = ERROR, error_body("transport",
                                                 "host error: %s" % e)
+            except Exception as e:  # noqa: BLE001  a job we did not foresee
+                warn("job %d failed: %r" % (job_id, e))
+                kind, parts = ERROR, error_body("rejected", "malformed job")
             if not control.cancelled:
                 self.send(kind, job_id, parts)
         finally:
@@ -3096,7 +3100,8 @@ def compile_job(body, leftovers, control):
     check_server_args(args)
     if mode not in ("-c", "-S"):
         raise Rejected("mode must be -c or -S, not %r" % (mode,))
-    if lang is not None and lang not in DISTRIBUTABLE_LANGS:
+    if not (lang is None or isinstance(lang, str) and
+            lang in DISTRIBUTABLE_LANGS):
         raise Rejected("language %r is not compiled here" % (lang,))
     cwd, source = meta.get("cwd"), meta.get("source")
     if not isinstance(cwd, str) or not cwd.startswith("/"):

@@ -1196,6 +1196,11 @@ class TestServer(unittest.TestCase):
             refused.add(frame[1])
         self.assertEqual(refused, set(range(distcc.MAX_SESSION_JOBS + 1,
                                              301)))
+        # A compiler query waits for a thread too, so it counts.
+        self.server.send(distcc.QUERY, 400, distcc.pack_body(
+            {"compiler": "gcc"}))
+        frame = self.server.answer_within(TIMEOUT)
+        self.assertEqual(frame[:2], (distcc.ERROR, 400))
         # A header that claims 200 MiB allocates nothing before its bytes.
         self.server.proc.stdin.write(HEADER.pack(
             distcc.MAGIC, distcc.JOB, 0, 999, 200 << 20) + b"x" * 10)
@@ -1508,6 +1513,15 @@ class TestHostileClient(unittest.TestCase):
                            extra_blobs=[zlib.compress(b"")] * 40)
         bomb = zlib.compress(bytes(64 << 20), 9)      # 64 MiB of zeros
         self.assertRefused("over", extra=["bomb.h"], extra_blobs=[bomb])
+        # Extras that fill the allowance exactly leave no room for a bomb.
+        full = zlib.compress(bytes(distcc.MAX_EXTRA_BYTES))
+        self.assertRefused("over", extra=["full.h", "bomb.h"],
+                           extra_blobs=[full, bomb])
+        # Data of the wrong type gets an answer, not a dead thread.
+        for meta in ({"lang": ["c"]}, {"lang": {"c": 1}}, {"args": "-O2"},
+                     {"cwd": ["/"]}, {"source": 5}, {"mode": None}):
+            kind, answer, _ = self.job(**meta)
+            self.assertEqual(kind, distcc.ERROR, (meta, answer))
         # DISTCC_SAVE_TEMPS asked by the client alone keeps nothing.
         kind, answer, _ = self.job(save_temps=True)
         self.assertEqual(kind, distcc.RESULT)
