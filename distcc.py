@@ -1089,7 +1089,10 @@ def backed_off(config, host, probes):
         except FileNotFoundError:
             return False            # the probe just ended
         if stale:
-            os.unlink(probe)
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass  # another wrapper found it stale too
         return not stale
 
 
@@ -2477,7 +2480,10 @@ def relay_stop(config):
             except ProcessLookupError:
                 pass  # ended meanwhile
     for path in glob.glob(os.path.join(config.dir, "backoff-*")):
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass  # a wrapper forgot it first
     return stopped
 
 
@@ -2707,10 +2713,11 @@ class Session:
                           % (FRAME_NAMES[kind], timeout))
             elif gone is not None and gone():
                 return None, None
-            elif tell is not None and (progress is not None or now >= beat):
-                beat = now + PROGRESS_INTERVAL
+            elif progress is not None or now >= beat:
+                beat = now + PROGRESS_INTERVAL  # without TELL too: no spin
                 try:
-                    tell(relay_progress(progress))
+                    if tell is not None:
+                        tell(relay_progress(progress))
                 except (OSError, ValueError):
                     return None, None   # the wrapper is gone
 
@@ -3480,7 +3487,8 @@ def check_probe_compile(session, say):
                 return say(False, "probe compile failed there: %s"
                            % bytes(got[1]).decode(errors="replace").strip())
             remote = decompress(got[-1])
-            subprocess.check_call(argv)
+            if subprocess.call(argv) != 0:
+                return say(False, "probe compile failed here")
             with open("probe.o", "rb") as f:
                 local = f.read()
         finally:
