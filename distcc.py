@@ -1124,16 +1124,11 @@ def mark_host_good(config, host):
 # Wrapper
 #
 # What the build runs: scan the command, take a slot, preprocess, send the
-# job through the host's relay, write the object.  Every fault in between
-# lands in compile_distributed and becomes a local compile (or, with
-# DISTCC_FALLBACK=0, an error).  A job the host reports as still queued is
-# taken back (cancelled there, compiled here) when a localhost slot is free
-# and no other wrapper waits for one: the last jobs of a build would
-# otherwise wait on a busy host while this machine idles.  Each wrapper
-# keeps a line in $DISTCC_DIR/jobs/PID for --monitor and appends one per
-# job to $DISTCC_DIR/stats: plain files with one writer each, no daemon, no
-# lock (a killed wrapper leaves a stale line that readers skip); neither
-# ever fails a build.
+# job through the host's relay, write the object.  A fault on the way means
+# a local compile (an error with DISTCC_FALLBACK=0); a job still queued on a
+# host when a localhost slot frees is taken back, lest this machine idle.
+# Each wrapper keeps a line in $DISTCC_DIR/jobs/PID for --monitor and adds
+# one per job to $DISTCC_DIR/stats: plain files, one writer each, no lock.
 
 
 class Config:
@@ -1176,28 +1171,25 @@ class Config:
 
     def hosts(self):
         """Return the parsed host list (DISTCC_HOSTS, then the hosts file)."""
-        text = self.hosts_text
-        if text is None:
-            path = os.path.join(self.dir, "hosts")
-            try:
-                with open(path, "rb") as f:
-                    text = f.read().decode("utf-8")
-            except FileNotFoundError:
-                text = ""
-            except (OSError, UnicodeDecodeError) as e:
-                raise UsageError("cannot read %s: %s" % (path, getattr(
-                    e, "strerror", None) or "not UTF-8 text"),
-                    "fix or remove it")
+        if self.hosts_text is not None:
+            return parse_hosts(self.hosts_text)
+        path = os.path.join(self.dir, "hosts")
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except FileNotFoundError:
+            text = ""
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError("cannot read %s: %s" % (path, getattr(
+                e, "strerror", None) or "not UTF-8 text"), "fix or remove it")
         return parse_hosts(text)
 
 
 def env_seconds(environ, name, default, zero=False):
     """Read a positive number of seconds (or 0, if ZERO) from NAME."""
     text = environ.get(name)
-    if not text:
-        return default
     try:
-        value = float(text)
+        value = float(text) if text else default
     except ValueError:
         value = -1
     if not 0 <= value < float("inf") or value == 0 and not zero:
@@ -1209,18 +1201,20 @@ def env_seconds(environ, name, default, zero=False):
 def find_program(name, _found={}):
     """Return the path of NAME as execvp would find it, or None."""
     if name not in _found:
-        _found[name] = search_path(name)
+        _found[name] = next(runnable_paths(name), None)
     return _found[name]
 
 
-def search_path(name):
+def runnable_paths(name):
+    """Yield the paths execvp would try for NAME that it could run."""
     if "/" in name:
-        return os.path.abspath(name) if os.access(name, os.X_OK) else None
+        if os.access(name, os.X_OK):
+            yield os.path.abspath(name)
+        return
     for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
         path = os.path.join(d or ".", name)
         if os.access(path, os.X_OK) and not os.path.isdir(path):
-            return path
-    return None
+            yield path
 
 
 def real_compiler(name):
@@ -1233,17 +1227,15 @@ def real_compiler(name):
     if "/" in name:
         raise UsageError("%s is distcc.py itself" % name,
                          "give the real compiler's path")
-    for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
-        path = os.path.join(d or ".", name)
-        if os.access(path, os.X_OK) and not os.path.isdir(path) and \
-                os.path.realpath(path) != me:
+    for path in runnable_paths(name):
+        if os.path.realpath(path) != me:
             return path
     raise UsageError("no %s on PATH besides distcc.py itself" % name,
                      "install the compiler or fix PATH")
 
 
 def wrapper_main(argv, config):
-    """Compile ARGV remotely if possible, else locally; return the status."""
+    """Compile ARGV remotely and return its status, or exec it here."""
     argv = [real_compiler(argv[0])] + argv[1:]
     state = hosts = None
     try:
@@ -1253,17 +1245,15 @@ def wrapper_main(argv, config):
             if all(h.is_local for h in hosts):
                 raise LocalOnly("no remote hosts")
             check_job_files(job)
-            # Checked and created once per job; the slot, relay and job
-            # state code relies on it.
+            # Checked and created once per job: what follows relies on it.
             directory = state_dir(config)
             for sub in ("slots", "jobs"):
                 path = os.path.join(directory, sub)
-                if not os.path.isdir(path):
-                    try:
-                        os.makedirs(path, mode=0o700, exist_ok=True)
-                    except OSError as e:
-                        raise UsageError("cannot create %s: %s" % (
-                            path, e.strerror), "fix or remove it")
+                try:
+                    os.makedirs(path, mode=0o700, exist_ok=True)
+                except OSError as e:
+                    raise UsageError("cannot create %s: %s"
+                                     % (path, e.strerror), "fix or remove it")
         except UsageError as e:
             config_error(config, e, job)
         state = JobState(directory, job.source)
@@ -1286,20 +1276,30 @@ def wrapper_main(argv, config):
             summarize_if_idle(config)
     except LocalOnly as why:
         reason = why.detail
-    if state is None:
-        directory = record_local_job(config, reason)
+    if state is None:               # count a local compile that tried no host
+        try:
+            state = JobState(state_dir(config), "-")
+            state.finish("local", reason)
+        except UsageError:
+            pass  # the remote path reports it; a local compile goes on
         summarize_if_idle(config)
-    else:
-        directory = state.directory
-    hold_local_slot(config, hosts, directory)
-    exec_local(argv, reason)
-    return EXIT_DISTCC_FAILED  # not reached: exec_local replaces us
+    if state is not None:           # DISTCC_DIR is usable
+        hold_local_slot(config, hosts)
+    trace("local: %s: %s" % (reason, " ".join(argv)))
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execvp(argv[0], argv)    # the compiler replaces this process
+    except OSError as e:
+        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
+                         "pass long command lines in an @file"
+                         if e.errno == errno.E2BIG else
+                         "is the compiler installed and on PATH?")
 
 
 def config_error(config, error, job):
-    """A bad host list, DISTCC_DIR or DISTCC_SSH stops no build, as in
-    distcc: warn and raise LocalOnly, unless DISTCC_FALLBACK=0 makes
-    failures errors (then raise ERROR itself)."""
+    """Warn and raise LocalOnly, or ERROR itself with DISTCC_FALLBACK=0: as
+    in distcc, a bad host list, DISTCC_DIR or DISTCC_SSH stops no build."""
     if not config.fallback:
         raise error
     if not said_lately(config, str(error)):
@@ -1333,12 +1333,10 @@ def said_lately(config, message):
     return False
 
 
-def hold_local_slot(config, hosts, directory):
+def hold_local_slot(config, hosts):
     """Wait for one of the --localslots=N of HOSTS (None: not read yet)
     and keep it open across exec: at most N compiles run here, whatever
-    make's -j.  DIRECTORY is the checked DISTCC_DIR, or None (unusable)."""
-    if directory is None:
-        return
+    make's -j."""
     if hosts is None:
         try:
             hosts = config.hosts()
@@ -1346,22 +1344,9 @@ def hold_local_slot(config, hosts, directory):
             return  # a local compile still runs; the remote path reports it
     if not hosts.local_slots:
         return
-    os.makedirs(os.path.join(directory, "slots"), mode=0o700, exist_ok=True)
+    os.makedirs(os.path.join(config.dir, "slots"), mode=0o700, exist_ok=True)
     local = Host("local", "localhost", limit=hosts.local_slots)
-    slot = acquire_slot(config, [local], "queue-local")
-    os.set_inheritable(slot.fd, True)
-
-
-def record_local_job(config, reason):
-    """Count a local compile that tried no host (unless REASON is None);
-    return the checked DISTCC_DIR, or None if it is unusable."""
-    try:
-        directory = state_dir(config)
-    except UsageError:
-        return None  # the remote path reports that; a local compile goes on
-    if reason is not None:
-        JobState(directory, "-").finish("local", reason)
-    return directory
+    os.set_inheritable(acquire_slot(config, [local], "queue-local").fd, True)
 
 
 def check_job_files(job):
@@ -1389,18 +1374,16 @@ def expand_response_files(argv, depth=0):
     An unreadable @FILE stays, as with gcc: the compile then stays local."""
     out = []
     for arg in argv:
-        if not arg.startswith("@") or len(arg) == 1 or depth > 10:
-            out.append(arg)
-            continue
-        try:
-            with open(arg[1:], encoding="utf-8", errors="surrogateescape") \
-                    as f:
-                text = f.read()
-        except OSError:
-            out.append(arg)
-            continue
-        out.extend(expand_response_files(split_response_text(text),
-                                         depth + 1))
+        text = None
+        if arg.startswith("@") and depth <= 10:
+            try:
+                with open(arg[1:], encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    text = f.read()
+            except OSError:
+                pass  # it stays (and "@" alone names no file)
+        out += [arg] if text is None else expand_response_files(
+            split_response_text(text), depth + 1)
     return out
 
 
@@ -1442,7 +1425,6 @@ def compile_distributed(config, job, hosts, state):
     relay_restarts = 0
     while candidates:
         state.set_phase("wait")
-        local = None                # a localhost slot, once taken back
         slot = acquire_slot(config, candidates)
         host = slot.host
         for other in probes:
@@ -1450,22 +1432,25 @@ def compile_distributed(config, job, hosts, state):
                 release_probe(config, other)
         probes = []
         try:
-            if host.is_local:
-                state.set_phase("local", "localhost")
-                status = run_local(job.argv)
-                state.finish("local", "localhost slot")
-                return status
-            trace("remote: %s on %s" % (job.source, host.spec))
-            if prepared is None:
-                prepared = prepare_with_cpp_slot(config, hosts, job, state)
-            status, local = compile_remote(config, job, hosts, host,
-                                           prepared, state)
-            mark_host_good(config, host)
-            if local is None:
-                state.finish("remote", host=host.hostname)
-                return status
+            reason = "localhost slot"
+            if not host.is_local:
+                trace("remote: %s on %s" % (job.source, host.spec))
+                if prepared is None:
+                    prepared = prepare_with_cpp_slot(config, hosts, job, state)
+                status, local = compile_remote(config, job, hosts, host,
+                                               prepared, state)
+                mark_host_good(config, host)
+                if local is None:
+                    state.finish("remote", host=host.hostname)
+                    return status
+                # Taken back from the host's queue: compile in LOCAL.
+                slot.release()
+                slot, reason = local, "taken back from %s" % host.hostname
+            state.set_phase("local", "localhost")
+            status = run_local(job.argv)
+            state.finish("local", reason)
+            return status
         except (TransportError, ProtocolError, Rejected) as e:
-            # Name the host in the message; a compile error never gets here.
             fault = type(e)("%s: %s" % (host.hostname, e.detail), e.hint)
             if isinstance(e, RelayLost):
                 # Our own relay died (killed, or exiting as we connected):
@@ -1478,28 +1463,19 @@ def compile_distributed(config, job, hosts, state):
                 mark_host_failed(config, host)
         finally:
             slot.release()
-        if local is not None:
-            # Taken back from the host's queue: compile here, in LOCAL.
-            try:
-                state.set_phase("local", "localhost")
-                status = run_local(job.argv)
-            finally:
-                local.release()
-            state.finish("local", "taken back from %s" % host.hostname)
-            return status
         candidates.remove(host)
-        if candidates and any(not h.is_local for h in candidates):
+        if any(not h.is_local for h in candidates):
             # A compiler mismatch is a standing fact, not news: trace it.
             (trace if isinstance(fault, Rejected) else warn)(
                 "%s; trying another host" % fault)
     if fault is None:
-        state.finish("failed" if not config.fallback else "fallback",
+        state.finish("fallback" if config.fallback else "failed",
                      "every host backed off")
-        if not config.fallback:
-            raise TransportError("every host is backed off",
-                                 "wait DISTCC_BACKOFF_PERIOD seconds or "
-                                 "remove %s/backoff-*" % config.dir)
-        raise LocalOnly("every host is backed off")
+        if config.fallback:
+            raise LocalOnly("every host is backed off")
+        raise TransportError("every host is backed off",
+                             "wait DISTCC_BACKOFF_PERIOD seconds or "
+                             "remove %s/backoff-*" % config.dir)
     why = "%s fault on %s" % (fault.kind, host.hostname)
     lost = not isinstance(fault, Rejected)
     if not config.fallback or (lost and config.skip_local_retry):
@@ -1541,7 +1517,7 @@ def prepare_job(job, save_temps=False):
         argv = preprocess_argv(job)
         trace("preprocess: %s" % " ".join(argv))
         try:
-            text, cpp_err, status = spawn(compiler_path, argv, capture=True)
+            text, cpp_err, status = run_captured(compiler_path, argv)
         except OSError as e:        # E2BIG from an @file, say
             raise LocalOnly("cannot preprocess: %s" % e.strerror)
         if status != 0:
@@ -1555,13 +1531,11 @@ def prepare_job(job, save_temps=False):
     if save_temps:
         save_preprocessed(job, parts)
     squeeze = zlib.compressobj(COMPRESS_LEVEL)
-    packed = b"".join([squeeze.compress(p) for p in parts] +
-                      [squeeze.flush()])
+    packed = b"".join([squeeze.compress(p) for p in parts] + [squeeze.flush()])
     meta = dict(
         compiler=os.path.basename(job.compiler), compiler_path=compiler_path,
-        family=family, args=job.remote_args, mode=job.mode,
+        family=family, args=job.remote_args, mode=job.mode, cwd=os.getcwd(),
         lang=job.explicit_lang, source=job.source, output=job.output,
-        cwd=os.getcwd(),
         env={k: os.environ[k] for k in FORWARDED_ENV if k in os.environ},
         color=color_wanted(job), raw=sum(len(p) for p in parts))
     return meta, [packed, zlib.compress(original, COMPRESS_LEVEL)], cpp_err
@@ -1591,8 +1565,7 @@ def restore_defines(text):
             if number.isdigit() and quoted.startswith(b'"'):
                 close = quoted.rfind(b'"')
                 name, line = quoted[1:close], int(number) - 1
-                if b"3" in quoted[close + 1:].split() or \
-                        name.startswith(b"<"):
+                if b"3" in quoted[close + 1:].split() or name.startswith(b"<"):
                     name = None     # a system header, or <built-in>
         elif text.startswith(b"#define ", start) and name:
             if name not in files:
@@ -1601,12 +1574,11 @@ def restore_defines(text):
                         files[name] = f.read().splitlines(True)
                 except OSError:
                     files[name] = []
-            lines = files[name]
-            n = directive_lines(lines, line - 1)
+            lines, i = files[name], line - 1
+            n = directive_lines(lines, i)
             if n and text[end + 1:end + n] == b"\n" * (n - 1) and \
-                    macro_name(lines[line - 1]) == \
-                    macro_name(text[start:end]):
-                spelled = b"".join(lines[line - 1:line - 1 + n])
+                    macro_name(lines[i]) == macro_name(text[start:end]):
+                spelled = b"".join(lines[i:i + n])
                 out += [text[done:start], spelled.rstrip(b"\n") + b"\n"]
                 done = end + n
                 end = done - 1
@@ -1641,7 +1613,7 @@ def directive_lines(lines, i):
 
 def macro_name(line):
     """The name that a #define line defines, or None."""
-    words = line.lstrip(b" \t#").lstrip(b" \t").split(None, 1)
+    words = line.lstrip(b" \t#").split(None, 1)
     if len(words) < 2 or words[0] != b"define":
         return None
     name = words[1]
@@ -1651,36 +1623,29 @@ def macro_name(line):
     return name
 
 
-def spawn(path, argv, capture=False):
-    """Run PATH with ARGV and wait; return its exit status (minus the
-    signal if killed), or with CAPTURE (stdin /dev/null) (stdout, stderr,
-    status)."""
+def run_captured(path, argv):
+    """Run PATH with ARGV (stdin /dev/null) and wait; return (stdout,
+    stderr, exit status)."""
     # posix_spawn, not subprocess: importing subprocess would cost the
     # wrapper 10 ms per compile.
-    if not capture:
-        return exit_status(os.waitpid(os.posix_spawn(path, argv, os.environ),
-                                      0)[1])
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    null = os.open(os.devnull, os.O_RDONLY)
+    (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+    child = (os.open(os.devnull, os.O_RDONLY), out_w, err_w)  # fds 0, 1, 2
     output = {out_r: [], err_r: []}
     open_fds = [out_r, err_r]
     try:
         try:
             pid = os.posix_spawn(path, argv, os.environ, file_actions=[
-                (os.POSIX_SPAWN_DUP2, fd, i)
-                for i, fd in enumerate((null, out_w, err_w))])
+                (os.POSIX_SPAWN_DUP2, fd, i) for i, fd in enumerate(child)])
         finally:
-            for fd in (null, out_w, err_w):
+            for fd in child:
                 os.close(fd)
         while open_fds:
             for fd in select.select(open_fds, [], [])[0]:
                 data = os.read(fd, 1 << 20)
+                output[fd].append(data)
                 if not data:
                     open_fds.remove(fd)
                     os.close(fd)
-                else:
-                    output[fd].append(data)
     finally:
         for fd in open_fds:
             os.close(fd)
@@ -1690,9 +1655,8 @@ def spawn(path, argv, capture=False):
 
 def exit_status(wait_status):
     """The exit code of a waitpid status, or minus the killing signal."""
-    if os.WIFSIGNALED(wait_status):
-        return -os.WTERMSIG(wait_status)
-    return os.WEXITSTATUS(wait_status)
+    return -os.WTERMSIG(wait_status) if os.WIFSIGNALED(wait_status) else \
+        os.WEXITSTATUS(wait_status)
 
 
 def save_preprocessed(job, parts):
@@ -1720,9 +1684,8 @@ def color_wanted(job):
 
 def compile_remote(config, job, hosts, host, prepared, state):
     """Compile the PREPARED job on HOST, sizes and times going to STATE;
-    return (the compiler's status, None), or (None, a localhost Slot) when
-    the job was taken back.  Raises TransportError, ProtocolError or
-    Rejected for the fallback."""
+    return (its status, None), or (None, a localhost Slot) if taken back.
+    Raises TransportError, ProtocolError or Rejected for the fallback."""
     meta, blobs, cpp_err = prepared
     meta = dict(meta, save_temps=config.save_temps)
     sent = sum(len(b) for b in blobs)
@@ -1786,8 +1749,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
     sys.stderr.buffer.write(clean_output(got[1]))
     sys.stdout.buffer.write(clean_output(got[0]))
     state.record["write_ms"] = round((time.monotonic() - started) * 1000)
-    trace("%s compiled on %s: status %d"
-          % (job.source, host.hostname, status))
+    trace("%s compiled on %s: status %d" % (job.source, host.hostname, status))
     return status, None
 
 
@@ -1804,8 +1766,7 @@ def send_job(config, host, parts, state, local_hosts=()):
         silence = config.connect_timeout + config.io_timeout
         s.settimeout(silence)
         try:
-            s.sendall(frame_parts(JOB, 0, parts))
-            for part in parts:
+            for part in [frame_parts(JOB, 0, parts)] + parts:
                 s.sendall(part)
         except OSError as e:
             raise RelayLost("relay connection failed: %s" % e)
@@ -1883,10 +1844,7 @@ class SocketReader:
     file object on the socket's descriptor would ignore the timeout)."""
 
     def __init__(self, sock):
-        self.sock = sock
-
-    def read(self, n):
-        return self.sock.recv(n)
+        self.read = sock.recv
 
 
 def collect_extra_files(names, packed):
@@ -1901,7 +1859,7 @@ def collect_extra_files(names, packed):
                               zlib.decompress(packed)))
     extra, total = [], 0
     for name in names[:MAX_EXTRA_FILES]:
-        if not isinstance(name, str) or not spelled_name(name) or \
+        if not spelled_name(name) or \
                 name.encode("utf-8", "surrogateescape") not in included or \
                 not os.path.isfile(name):
             continue
@@ -1917,9 +1875,8 @@ def collect_extra_files(names, packed):
     return extra
 
 
-# Bytes that are not control characters (tab and newline are not).
-PLAIN_BYTES = bytes(b for b in range(256) if 32 <= b < 127 or b > 127 or
-                    b in (9, 10))
+# Tab, newline and the bytes that are not control characters.
+PLAIN_BYTES = bytes([9, 10, *range(32, 127), *range(128, 256)])
 
 
 def clean_output(data):
@@ -1961,19 +1918,8 @@ def run_local(argv):
         # Before the spawn, so the compiler starts at that priority: this
         # wrapper only waits for it and then records the job.
         os.nice(LOCAL_SLOT_NICE)
-        return spawn(path, argv)
-    except OSError as e:
-        raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
-                         "is the compiler installed and on PATH?")
-
-
-def exec_local(argv, reason):
-    """Replace this process with the local compiler."""
-    trace("local: %s: %s" % (reason, " ".join(argv)))
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execvp(argv[0], argv)
+        pid = os.posix_spawn(path, argv, os.environ)
+        return exit_status(os.waitpid(pid, 0)[1])
     except OSError as e:
         raise UsageError("cannot run %s: %s" % (argv[0], e.strerror),
                          "pass long command lines in an @file"
@@ -1982,7 +1928,6 @@ def exec_local(argv, reason):
 
 
 PHASES = ("wait", "preprocess", "send", "queue", "compile", "local")
-PHASE_WIDTH = 10                     # the phase is padded, rewritten in place
 STATS_LIMIT = 4 * 1024 * 1024        # bytes before stats becomes stats.old
 STATS_FIELDS = ("time", "host", "outcome", "preprocessed", "sent",
                 "objects", "received", "preprocess_ms", "transfer_ms",
@@ -2001,13 +1946,12 @@ class JobState:
         self.started = time.time()
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
-        self.record = dict.fromkeys(STATS_FIELDS, 0)
-        self.record.update(host="localhost", outcome="local", reason="")
+        self.record = dict.fromkeys(STATS_FIELDS, 0)  # the line for stats
 
     def set_phase(self, phase, host="-"):
         """Show PHASE (and HOST) in --monitor."""
-        text = "%-*s\t%.3f\t%s\t%s\n" % (
-            PHASE_WIDTH, phase, self.started, host, self.source)
+        text = "%-10s\t%.3f\t%s\t%s\n" % (phase, self.started, host,
+                                          self.source)
         line = text.encode("utf-8", "surrogateescape")
         try:
             if self.fd is None:
@@ -2023,11 +1967,23 @@ class JobState:
         """Record how the job ended: append its line to the stats and drop
         its state line.  Every job ends here, once."""
         self.done = True
-        rec = self.record
-        rec.update(time=round(time.time(), 3), outcome=outcome, host=host,
-                   reason=" ".join(str(reason).split()))
-        line = "\t".join(str(rec[k]) for k in STATS_FIELDS) + "\n"
-        append_stats(self.directory, line.encode("utf-8", "surrogateescape"))
+        self.record.update(time=round(time.time(), 3), outcome=outcome,
+                           host=host, reason=" ".join(str(reason).split()))
+        line = "\t".join(str(self.record[k]) for k in STATS_FIELDS) + "\n"
+        # One write, so that lines of concurrent wrappers never interleave;
+        # past STATS_LIMIT the file becomes stats.old.
+        path = os.path.join(self.directory, "stats")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
+                         O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, line.encode("utf-8", "surrogateescape"))
+                if os.fstat(fd).st_size > STATS_LIMIT:
+                    os.replace(path, path + ".old")
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # statistics must never fail a build
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
@@ -2039,24 +1995,6 @@ class JobState:
 
 def job_state_path(directory, pid):
     return os.path.join(directory, "jobs", str(pid))
-
-
-def append_stats(directory, line):
-    """Append one record LINE to $DISTCC_DIR/stats, rotating it to
-    stats.old past STATS_LIMIT."""
-    # One write, so that lines of concurrent wrappers never interleave.
-    path = os.path.join(directory, "stats")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
-                     O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, line)
-            if os.fstat(fd).st_size > STATS_LIMIT:
-                os.replace(path, path + ".old")
-        finally:
-            os.close(fd)
-    except OSError:
-        pass  # statistics must never fail a build
 
 
 def summarize_if_idle(config):
@@ -2071,8 +2009,8 @@ def summarize_if_idle(config):
         return  # no state dir: nothing was recorded
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-        offset = int(text) if text.isdecimal() else None
+        text = os.pread(fd, 32, 0).strip()      # where the last one ended
+        offset = int(text) if text.isdigit() else None
         records, end = read_stats(config.dir, offset)
         if records:
             trace("summary: " + format_summary(summarize_stats(records)))

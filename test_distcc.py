@@ -3536,12 +3536,13 @@ class TestMain(unittest.TestCase):
             self.assertEqual(r.returncode, local.returncode, r.stderr)
             self.assertEqual(r.stderr, local.stderr)
             self.assertFalse(os.path.exists(os.path.join(d, "x.o")))
-        # An argv too long for the compiler's own exec gets one line.
-        with mock.patch("os.execvp", side_effect=OSError(
-                errno.E2BIG, "Argument list too long")):
-            with self.assertRaises(distcc.UsageError) as e:
-                distcc.exec_local(["gcc", "-c", "x.c"], "test")
-        self.assertIn("@file", str(e.exception))
+            # An argv too long for the compiler's own exec gets one line.
+            config = distcc.Config(dict(env, DISTCC_HOSTS="localhost"))
+            with mock.patch("os.execvp", side_effect=OSError(
+                    errno.E2BIG, "Argument list too long")):
+                with self.assertRaises(distcc.UsageError) as e:
+                    distcc.wrapper_main(["gcc", "-c", "x.c"], config)
+            self.assertIn("@file", str(e.exception))
 
     def test_many_slots_fit_in_a_small_descriptor_limit(self):
         # 17 hosts at /64 is 1,088 slots, which `distcc.py -j` recommends;
