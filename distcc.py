@@ -1416,8 +1416,7 @@ def compile_distributed(config, job, hosts, state):
     DISTCC_SKIP_LOCAL_RETRY=1)."""
     if hosts.randomize:
         import random
-        hosts = HostList(hosts)
-        random.shuffle(hosts)
+        random.shuffle(hosts)       # in place: it keeps its --options
     probes = []                     # hosts this job has the probe of
     candidates = [h for h in hosts
                   if h.is_local or not backed_off(config, h, probes)]
@@ -1715,9 +1714,9 @@ def compile_remote(config, job, hosts, host, prepared, state):
     if not isinstance(status, int) or not isinstance(outputs, list) or \
             len(got) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
-    if result.get("temps"):
-        warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s"
-             % (host.hostname, result["temps"]))
+    if config.save_temps and isinstance(result.get("temps"), str):
+        warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s" % (
+            host.hostname, clean_output(result["temps"].encode()).decode()))
     compile_ms = result.get("compile_ms")
     compile_ms = compile_ms if isinstance(compile_ms, int) else 0
     state.record.update(
@@ -1735,7 +1734,8 @@ def compile_remote(config, job, hosts, host, prepared, state):
         if "output" not in names or not set(names) <= set(paths) or \
                 len(set(names)) != len(names):
             raise ProtocolError(("RESULT has outputs %r" % (names,))[:200])
-        for name, blob in zip(names, got[2:]):
+        for name, blob in sorted(zip(names, got[2:]),
+                                 key=lambda pair: pair[0] == "output"):
             data = decompress(blob)
             state.record["objects"] += len(data)
             try:

@@ -3022,6 +3022,7 @@ while True:
     got = [bytes(b) for b in got]
     if mode == "stderr":
         got[1] = b"\x1b]0;pwned\x07\x1b[2Jwarning \x1b[01;31m!\x1b[m\n"
+        result["temps"] = "/tmp/\x1b]0;kept\x07"
     if mode == "dwo":
         result["outputs"].insert(0, {"name": "dwo", "raw": 3})
         got.insert(2, zlib.compress(b"dwo"))
@@ -3067,6 +3068,11 @@ class TestHostileHost(EndToEnd):
         r = self.compile()
         self.assertIn(b"?]0;pwned??[2Jwarning \x1b[01;31m!\x1b[m\n",
                       r.stderr)
+        # Where it kept the job's files: said only if asked, and cleaned.
+        self.assertNotIn(b"kept", r.stderr)
+        self.env["DISTCC_SAVE_TEMPS"] = "1"
+        r = self.compile()
+        self.assertIn(b"distcc-test:/tmp/?]0;kept?", r.stderr)
 
     def test_it_cannot_add_a_dwo_nobody_asked_for(self):
         self.fake("dwo")
