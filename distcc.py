@@ -12,9 +12,9 @@ __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 One program, three roles, chosen by argv:
 
     wrapper  distcc.py gcc -c foo.c -o foo.o: what the build runs
-    relay    a fork of the first wrapper that needs a host, one per host: it
-             listens on a Unix socket in $DISTCC_DIR and multiplexes the
-             jobs of every wrapper over one ssh session
+    relay    distcc.py --relay, one per host, started by the first wrapper
+             that needs it: it listens on a Unix socket in $DISTCC_DIR and
+             multiplexes the jobs of every wrapper over one ssh session
     server   distcc.py -i, started on the build host by ssh: many jobs over
              one stdin/stdout stream
 
@@ -1714,6 +1714,11 @@ def compile_remote(config, job, hosts, host, prepared, state):
     if not isinstance(status, int) or not isinstance(outputs, list) or \
             len(got) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
+    if b"-Wformat" in bytes(got[1]):
+        # gcc points into a format string only in input without line
+        # markers ("seen line directive" in its input.c): let the local
+        # compile print the warning with its "defined here" note.
+        raise LocalOnly("a -Wformat warning: its notes need the source")
     if config.save_temps and isinstance(result.get("temps"), str):
         warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s" % (
             host.hostname, clean_output(result["temps"].encode()).decode()))

@@ -1726,14 +1726,13 @@ class EndToEnd(unittest.TestCase):
     def stop_ssh_masters(self):
         if not os.path.isdir(self.distcc_dir):
             return
+        path = 'ControlPath="%s/cm-%%C"' % self.distcc_dir    # blanks too
         for name in ("distcc-test", "distcc-dead", "distcc-restricted"):
-            r = run(["ssh", "-F", self.sshd.config, "-o",
-                     "ControlPath=%s/cm-%%C" % self.distcc_dir, "-O", "check",
+            r = run(["ssh", "-F", self.sshd.config, "-o", path, "-O", "check",
                      name], timeout=10)
             m = re.search(rb"pid=(\d+)", r.stderr)
             if m:
-                run(["ssh", "-F", self.sshd.config, "-o",
-                     "ControlPath=%s/cm-%%C" % self.distcc_dir, "-O", "exit",
+                run(["ssh", "-F", self.sshd.config, "-o", path, "-O", "exit",
                      name], timeout=10)
                 end_process(int(m.group(1)))
 
@@ -1890,6 +1889,19 @@ class TestRelay(EndToEnd):
         r = self.distcc(["gcc", "-c", "a.c"], cwd=build)
         self.assertEqual(self.trace().count("a.c compiled on distcc-test"),
                          2, self.trace())
+
+    def test_a_distcc_dir_with_blanks_keeps_its_control_master(self):
+        # ssh splits ControlPath at blanks unless it is quoted.
+        self.distcc_dir = os.path.join(self.work, "my state")
+        self.env["DISTCC_DIR"] = self.distcc_dir
+        self.write("src/a.c", "int a(int x) { return x + 1; }\n")
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "a.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("compiled on distcc-test", self.trace())
+        self.assertNotIn("no ssh ControlMaster", self.trace())
+        masters = [n for n in os.listdir(self.distcc_dir)
+                   if n.startswith("cm-")]
+        self.assertEqual(len(masters), 1, os.listdir(self.distcc_dir))
 
     def test_a_long_distcc_dir_does_without_a_control_master(self):
         # Room for the relay's socket, not for ssh's master socket.
@@ -2255,6 +2267,20 @@ class TestWrapper(EndToEnd):
         local = self.local(argv[:5] + ["-c", "src/sub.cc", "-o", "obj/sub.o"])
         self.assertIn(b"return h->a.x", local.stderr)
         self.assertNotIn(b"subobject", local.stderr)
+
+    def test_a_format_warning_keeps_its_notes(self):
+        # gcc drops "format string is defined here" for any input with
+        # line markers; such a job is compiled here instead.
+        self.write("src/fmt.c", '#include <stdio.h>\n#define LOG(fmt, v) '
+                   'printf(fmt, v)\nint f(int x) { return LOG("%s\\n", x);'
+                   ' }\n')
+        argv = ["gcc", "-Wall", "-O2", "-c", "src/fmt.c", "-o", "obj/f.o"]
+        local = self.local(argv)
+        self.assertIn(b"format string is defined here", local.stderr)
+        r = self.distcc(argv)
+        self.assertEqual((r.returncode, r.stderr),
+                         (local.returncode, local.stderr))
+        self.assertIn("-Wformat warning", self.trace())
 
     def test_pedantic_never_hangs_and_matches_local(self):
         self.write("src/p.c", "int empty[0];\nint f(void) { return 0; }\n")
