@@ -2416,7 +2416,7 @@ def relay_stop(config):
             pid = os.pread(fd, 32, 0).strip()
         finally:
             os.close(fd)
-        if pid.isdecimal() and int(pid) > 0:
+        if pid.isdigit() and int(pid) > 0:
             try:
                 os.kill(int(pid), signal.SIGTERM)
                 stopped += 1

@@ -1890,6 +1890,22 @@ class TestRelay(EndToEnd):
         self.assertEqual(self.trace().count("a.c compiled on distcc-test"),
                          2, self.trace())
 
+    def test_stop_ends_the_relay_and_its_master(self):
+        self.write("src/a.c", "int a;\n")
+        r = self.distcc(["gcc", "-c", "src/a.c", "-o", "a.o"])
+        self.assertEqual(r.returncode, 0, r.stderr)
+        (relay,) = self.relay_pids()
+        r = self.distcc(["--stop"])
+        self.assertEqual((r.returncode, r.stdout, r.stderr),
+                         (0, b"stopped 1 relay\n", b""))
+        deadline = time.monotonic() + 10
+        while process_alive(relay) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertFalse(process_alive(relay))
+        r = run(["ssh", "-F", self.sshd.config, "-o", "ControlPath=%s/cm-%%C"
+                 % self.distcc_dir, "-O", "check", "distcc-test"], timeout=10)
+        self.assertNotEqual(r.returncode, 0, "the ssh master is still up")
+
     def test_a_distcc_dir_with_blanks_keeps_its_control_master(self):
         # ssh splits ControlPath at blanks unless it is quoted.
         self.distcc_dir = os.path.join(self.work, "my state")
