@@ -475,7 +475,8 @@ LOCAL_EXACT = {
     **dict.fromkeys(("-g3", "-ggdb3"),
                     "-g3 records macros the host would see differently"),
     # gcc -pedantic complains of the line markers in the text the host
-    # compiles (the fix is issue 18's: compile it as the user's file).
+    # compiles: only -fpreprocessed input may carry them, and that option
+    # would show in the object's DW_AT_producer.
     **dict.fromkeys(("-pedantic", "-Wpedantic", "-pedantic-errors"),
                     "-pedantic warns about the host's line markers")}
 
