@@ -1251,7 +1251,8 @@ def wrapper_main(argv, config):
             for sub in ("slots", "jobs"):
                 path = os.path.join(directory, sub)
                 try:
-                    os.makedirs(path, mode=0o700, exist_ok=True)
+                    if not os.path.isdir(path):     # one stat, every job
+                        os.makedirs(path, 0o700, exist_ok=True)
                 except OSError as e:
                     raise UsageError("cannot create %s: %s"
                                      % (path, e.strerror), "fix or remove it")
