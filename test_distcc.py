@@ -1282,6 +1282,22 @@ class TestServer(unittest.TestCase):
             path = distcc.confined_path(root, cwd, name)
             self.assertTrue(path.startswith(root + "/"), (cwd, name, path))
 
+    def test_absolute_names_move_into_the_job_dir_but_system_headers(self):
+        root = tempfile.mkdtemp(prefix="distccpy-test-")
+        self.addCleanup(shutil.rmtree, root)
+        text = (b'# 0 "/w/a.c"\n# 1 "/usr/include/stdio.h" 1 3 4\nint x;\n'
+                b'# 2 "/w/inc/h.h" 1\n# 1 "rel.h"\n'
+                b'char *s = "\\n# 1 \\"/x\\"";\n')
+        self.assertEqual(distcc.rebase_markers(text, root), text.replace(
+            b'"/w/', b'"' + root.encode() + b'/w/'))
+        os.makedirs(root + "/w/src")
+        open(root + "/w/src/there.h", "w").close()
+        err = ("%s/w/inc/h.h:2:3: warning: x\n/usr/include/x.h:1:1: note\n"
+               "src/r.h:1:1: warning\nsrc/there.h:1:1: warning\n/etc/p:1:1:"
+               " e\n%s/w/src/there.h:1:2: e\n" % (root, root)).encode()
+        self.assertEqual(distcc.missing_sources(err, root + "/w", root),
+                         ["/w/inc/h.h", "src/r.h"])
+
     def test_identity_query(self):
         self.server.send(distcc.QUERY, 3, distcc.pack_body({"compiler": "gcc"}))
         kind, job_id, body = self.server.receive()
@@ -2434,6 +2450,30 @@ class TestWrapper(EndToEnd):
              "obj/h.o"], ["obj/h.o"])
         self.assertIn("resend src/h.c with 1 headers", self.trace())
 
+    def test_absolute_paths_keep_their_diagnostics(self):
+        # CMake names every source and include dir by its absolute path:
+        # the host must still quote those files' lines, and know the main
+        # file (-Wsubobject-linkage) although its name is absolute.
+        src = os.path.join(self.work, "src")
+        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
+                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/abs.c", '#include "warn.h"\nint h(void) '
+                   '{ int unused; return sign(1u, 2); }\n')
+        argv = ["gcc", "-Wall", "-Wextra", "-g", "-O2", "-I" + src + "/inc",
+                "-c", src + "/abs.c", "-o", "obj/abs.o"]
+        self.assertSameArtifacts(argv, ["obj/abs.o"])
+        local = self.local(argv).stderr
+        self.assertIn(b"unused;", local)        # quoted: main file
+        self.assertIn(b"return u < i;", local)  # quoted: the header
+        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
+        self.write("src/sub.cc", '#include "anon.h"\nnamespace { struct '
+                   'Anon { int x; }; }\nstruct Holder { Anon a; Hdr h; };\n'
+                   'int f(Holder *h) { return h->a.x + h->h.y + 0.5; }\n')
+        for extra in ([], ["-Werror"]):
+            argv = ["g++", "-Wall", "-Wconversion", "-g", "-O1"] + extra + [
+                "-c", src + "/sub.cc", "-o", self.work + "/obj/sub.o"]
+            self.assertSameArtifacts(argv, [] if extra else ["obj/sub.o"])
+
     def test_locale_and_colour_match_local(self):
         self.write("src/e.c", ERROR_SOURCE)
         argv = ["gcc", "-Wall", "-c", "src/e.c", "-o", "obj/e.o"]
@@ -3070,7 +3110,8 @@ while True:
         got.insert(2, zlib.compress(b"dwo"))
     if mode == "missing" and not meta.get("extra"):
         result["missing"] = ["../secret.h", "/etc/passwd", "src/real.h",
-                             "src/other.h"]
+                             "src/other.h", meta["cwd"] + "/src/other.h",
+                             meta["cwd"] + "/src/../../secret.h", ["/"]]
     distcc.write_frame(out, distcc.RESULT, job_id,
                        distcc.pack_body(result, got))
 """
