@@ -3478,11 +3478,14 @@ class TestRealWorld(EndToEnd):
         self.assertEqual(different, self.KNOWN_DIFFERENT.get(flags, []),
                          "distributed artifacts differ")
 
-    # Known, and open: gcc re-reading -fdirectives-only text adds one
-    # .debug_line row (block_splitter_inc.h:211, a macro-laden line that
-    # continues an expression) to this object; compiling the text by hand
-    # does the same, so it is the route, not the transport.  Here so that
-    # the test fails the day it is fixed, or anything else differs.
+    # Known, and open: one more .debug_line row (block_splitter_inc.h:211:16
+    # twice at one address).  gcc's final.cc starts a row when the file
+    # name *pointer* changes (notice_source_line: filename !=
+    # last_filename); an #include of the same header reuses one string,
+    # each line marker makes a new one, and this object has code of two
+    # inclusions of that header side by side.  Inlining only the first or
+    # second inclusion by hand, with its markers, does the same.  Here so
+    # that the test fails the day it changes, or anything else differs.
     KNOWN_DIFFERENT = {"-O2 -g -MMD": ["enc/block_splitter.o"]}
 
 
