@@ -860,16 +860,15 @@ def parse_host(token):
     """Parse a DISTCC_HOSTS token into a Host; raises UsageError naming it."""
     body = token
     # distcc's ",lzo", ",cpp" and ",auth": compression is always on here.
-    while "," in body and body.rsplit(",", 1)[1] in ("lzo", "cpp", "auth"):
+    while body.endswith((",lzo", ",cpp", ",auth")):
         body = body.rsplit(",", 1)[0]
     if body.startswith("localhost"):
-        rest = body[len("localhost"):]
-        if rest == "":
-            return Host(token, "localhost")
-        if rest.startswith("/") and rest[1:].isdecimal() and int(rest[1:]) > 0:
-            return Host(token, "localhost", limit=int(rest[1:]))
-        raise UsageError("bad host %r" % token,
-                         "write localhost or localhost/N")
+        name, slash, text = body.partition("/")
+        limit = int(text) if text.isdecimal() else 0
+        if name != "localhost" or slash and limit < 1:
+            raise UsageError("bad host %r" % token,
+                             "write localhost or localhost/N")
+        return Host(token, "localhost", limit=limit or None)
     if "@" not in body:
         raise UsageError("host %r is a TCP host" % token,
                          "distcc.py speaks ssh only: write it as @%s"
@@ -931,8 +930,7 @@ def parse_hosts(text):
 
 
 def slot_limit(host, reported=None):
-    """How many of our jobs HOST may run at once: its /LIMIT, else one
-    more than the CPU count it REPORTED, else a default."""
+    """How many of our jobs HOST may run at once (REPORTED: its CPUs)."""
     # The extra job waits there with its text for the first free CPU:
     # pinned to one CPU, Brotli built in 17.9 s with 2 jobs sent to that
     # host and 21.9 s with 1 (medians of 5 paired builds).
@@ -977,12 +975,10 @@ def try_slot(directory, name):
 
 
 def acquire_slot(config, hosts, queue_name="queue"):
-    """Take a slot of the host in HOSTS with the most free slots, queueing
-    on QUEUE_NAME: each pool has its own queue, as a wrapper holding a host
-    slot may queue for a preprocessing slot.
-
-    Blocks until a slot is free: the wrapper holding the queue lock polls
-    (with growing sleeps) while the others sleep in flock()."""
+    """Take a slot of the host in HOSTS with the most free slots.  Blocks
+    until one is free: the wrapper holding the QUEUE_NAME lock polls, the
+    others sleep in flock().  Each pool has its own queue, as a wrapper
+    holding a host slot may queue for a preprocessing slot."""
     directory = os.path.join(config.dir, "slots")
     queue = os.open(os.path.join(directory, queue_name),
                     os.O_RDWR | os.O_CREAT, 0o600)
@@ -1005,15 +1001,13 @@ def take_free_slot(config, directory, hosts):
     free = []                       # (host, free slots)
     try:
         for host in hosts:
-            count = 0
+            key, count = host.key(), 0
             for n in range(host_slots(config, host)):
-                fd = try_slot(directory, "%s.%d" % (host.key(), n))
+                fd = try_slot(directory, "%s.%d" % (key, n))
                 if fd is not None:
                     count += 1
-                    if host in fds:
+                    if fds.setdefault(host, fd) != fd:
                         os.close(fd)
-                    else:
-                        fds[host] = fd
             free.append((host, count))
         chosen = choose_host(free)
         return Slot(chosen, fds.pop(chosen)) if chosen else None
@@ -1031,20 +1025,14 @@ def host_slots(config, host):
 
 def others_queued(directory):
     """Whether a wrapper holds the slot queue (it waits for a slot)."""
-    queue = os.open(os.path.join(directory, "queue"),
-                    os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(queue, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(queue)
+    fd = try_slot(directory, "queue")
+    if fd is not None:
+        os.close(fd)
+    return fd is None
 
 
 def write_host_note(config, host, kind, text, append=False):
-    """Record what the relay learned of HOST (its CPU count, compiler
-    mismatches) for wrappers and --show-hosts."""
+    """Record what the relay learned of HOST for wrappers and --show-hosts."""
     path = os.path.join(config.dir, "%s-%s" % (kind, host.key()))
     try:
         with open(path, "a" if append else "w") as f:
@@ -1090,10 +1078,7 @@ def backed_off(config, host, probes):
         except FileNotFoundError:
             return False            # the probe just ended
         if stale:
-            try:
-                os.unlink(probe)
-            except FileNotFoundError:
-                pass  # another wrapper found it stale too
+            release_probe(config, host)
         return not stale
 
 
@@ -1111,7 +1096,7 @@ def release_probe(config, host):
     try:
         os.unlink(backoff_path(config, host) + ".probe")
     except FileNotFoundError:
-        pass  # no probe was running
+        pass  # no probe was running, or another wrapper found it stale
 
 
 def mark_host_good(config, host):
