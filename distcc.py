@@ -2742,12 +2742,6 @@ def noise_note(seen):
 # CPU makes a long job late (a pinned Brotli build, one CPU, two jobs:
 # 21.5 s; in turn 17.9 s; medians of 5 paired builds).
 
-# The lines of `CC -v` that say what code a compiler makes: its version and
-# target (not install paths, nor "Found CUDA installation ...").
-COMPILER_VERSION_LINE = r"^Target: |\b(gcc|clang) version "
-DIAGNOSTIC_LOCATION = rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: "
-ANSI_ESCAPE = rb"\x1b\[[0-9;]*[mK]"
-
 
 def confined_path(root, cwd, name):
     """Return ROOT + the absolute form of NAME (relative to the client's
@@ -2764,8 +2758,7 @@ def confined_path(root, cwd, name):
 
 
 def spelled_name(name):
-    """Whether NAME, a client's relative file name, may stand as spelled
-    on gcc's command line: normalised, no "..", no option or @file."""
+    """Whether a client's relative NAME may stand as spelled in gcc's argv."""
     return isinstance(name, str) and name == os.path.normpath(name) and \
         not name.startswith(("/", "-", "@", "..")) and \
         "/../" not in name and set(name).isdisjoint("\0\n")
@@ -2784,7 +2777,8 @@ def find_compiler(name):
 
 
 def compiler_identity(path):
-    """Return the lines of `PATH -v` that say what the compiler is."""
+    """Return the lines of `PATH -v` that say what code the compiler makes:
+    its version and target (not install paths, nor "Found CUDA ...")."""
     import re
     import subprocess
     try:
@@ -2794,8 +2788,8 @@ def compiler_identity(path):
     except (OSError, subprocess.SubprocessError) as e:
         return "error: %s" % e
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
-    return "\n".join(line.strip() for line in lines
-                     if re.search(COMPILER_VERSION_LINE, line)) or "unknown"
+    return "\n".join(line.strip() for line in lines if re.search(
+        r"^Target: |\b(gcc|clang) version ", line)) or "unknown"
 
 
 def usable_cpus():
@@ -2849,7 +2843,7 @@ class Server:
         self.writer = writer          # frames to the client
         self.write_lock = threading.Lock()
         self.turns = Turns(cpus)      # compiles at once; the rest queue
-        self.query_turns = Turns(cpus)    # `CC -v` runs at once, likewise
+        self.query_slots = threading.Semaphore(cpus)  # `CC -v` runs at once
         self.threads = []             # job threads, joined at EOF
         self.controls = {}            # job id -> JobControl, until answered
         threading.Thread(target=self.beat, daemon=True).start()
@@ -2903,16 +2897,13 @@ class Server:
             t.join()
 
     def answer_query(self, job_id, body):
-        turn = self.query_turns.ticket()
         try:
-            turn.acquire()
-            name = unpack_meta(body)[0].get("compiler")
-            answer = {"compiler": name,
-                      "identity": compiler_identity(find_compiler(name))}
+            with self.query_slots:
+                name = unpack_meta(body)[0].get("compiler")
+                answer = {"compiler": name,
+                          "identity": compiler_identity(find_compiler(name))}
         except DistccError as e:
             answer = {"compiler": None, "error": str(e.detail)}
-        finally:
-            self.query_turns.release(turn)
         self.send(IDENTITY, job_id, pack_body(answer))
 
     def beat(self):
@@ -2966,25 +2957,21 @@ class JobControl:
         self.group = None             # the compiler's pid, while it runs
         self.cancelled = False
 
-    def started(self, pid):
+    def running(self, pid):
+        """Note the compiler's PID, or None once it has ended."""
         with self.lock:
             self.group = pid
-            if self.cancelled:
-                self.kill()
-
-    def finished(self):
-        with self.lock:
-            self.group = None
+            self.kill_if_cancelled()
 
     def cancel(self):
         """Nobody waits for the job: stop it, and let it send nothing."""
         with self.lock:
             self.cancelled = True
-            self.kill()
+            self.kill_if_cancelled()
 
-    def kill(self):
+    def kill_if_cancelled(self):
         import signal
-        if self.group is not None:
+        if self.cancelled and self.group is not None:
             try:
                 os.killpg(self.group, signal.SIGKILL)
             except OSError:
@@ -3000,13 +2987,12 @@ def progress_body(control, used=None):
 
 def group_cpu_seconds():
     """Return {process group: CPU seconds, reaped children's too} in /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
+    ticks, used = os.sysconf("SC_CLK_TCK"), {}
     try:
-        names = [name for name in os.listdir("/proc") if name.isdigit()]
+        names = os.listdir("/proc")
     except OSError:
-        return {}
-    used = {}
-    for name in names:
+        return used
+    for name in filter(str.isdigit, names):
         try:
             with open("/proc/%s/stat" % name, "rb") as f:
                 fields = f.read().rsplit(b")", 1)[1].split()
@@ -3055,98 +3041,95 @@ def compile_job(body, leftovers, control):
         os.environ.get(ENV_SAVE_TEMPS, "0") not in ("", "0")
     root = os.path.realpath(tempfile.mkdtemp(
         prefix="distccpy-keep-" if keep else "distccpy-%d-" % os.getpid()))
+    if not keep:
+        leftovers.append(root)
+    work = confined_path(root, "/", cwd)
+    source_path = confined_path(root, cwd, source)
+    os.makedirs(work, exist_ok=True)
+    os.makedirs(os.path.dirname(source_path), exist_ok=True)
+    room = MAX_EXTRA_BYTES      # extras: headers diagnostics quote
+    for name, blob in zip(extra, blobs[2:]):
+        path = confined_path(root, cwd, name)
+        data = decompress(blob, room)
+        room -= len(data)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "xb") as f:
+            f.write(data)
+    input_arg = source if spelled_name(source) else source_path
+    # gcc must read the text as the main file itself (else
+    # -Wsubobject-linkage takes the source's types for a header's), and
+    # re-read the original by that name to quote it in diagnostics: a
+    # FIFO there, which feed_main_file replaces with the original.
+    feed = meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS
+    if feed:
+        source_text = rebase_markers(source_text, root)
+        os.mkfifo(source_path, 0o600)
+        with open(os.path.join(root, ".original"), "wb") as f:
+            f.write(original)
+    else:
+        with open(source_path, "wb") as f:
+            f.write(source_text)
+    # A relative -o stays as spelled (gcc names the .dwo after it), but
+    # not an absolute one (naming the temp dir), "..", or an option.
+    output = output_arg = meta.get("output")
+    if spelled_name(output):
+        output_path = confined_path(root, cwd, output)
+        os.makedirs(os.path.dirname(output_path), exist_ok=True)
+    else:
+        output_path = output_arg = os.path.join(root, ".out")
+    split_dwarf = "-gsplit-dwarf" in args
+    if split_dwarf and output_arg != output:
+        raise Rejected("-gsplit-dwarf needs a relative output name")
+    # gcc applies one map, the last given first: the user's (moved
+    # into the job dir if absolute: dpkg-buildflags adds one to every
+    # Debian build), then the job dir's.  -pipe: as reads cc1's output
+    # as it comes (a tiny job answers 4-6 ms sooner); none is in the .o.
+    argv = [compiler, "-pipe", "-ffile-prefix-map=%s=" % root] + [
+        moved_map(arg, root) for arg in args] + [mode] + (
+        ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
+    if meta.get("color"):
+        argv.insert(1, "-fdiagnostics-color=always")
+    child_env = {k: v for k, v in os.environ.items()
+                 if k not in FORWARDED_ENV}
+    # Its temp files (.s) in the job dir: a killed one leaves nothing.
+    child_env.update(env, PWD=work, TMPDIR=root)
+    started = time.monotonic()
+    proc = subprocess.Popen(  # own session: a CANCEL kills cc1 and as too
+        argv, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    control.running(proc.pid)
     try:
-        work = confined_path(root, "/", cwd)
-        source_path = confined_path(root, cwd, source)
-        os.makedirs(work, exist_ok=True)
-        os.makedirs(os.path.dirname(source_path), exist_ok=True)
-        room = MAX_EXTRA_BYTES      # extras: headers diagnostics quote
-        for name, blob in zip(extra, blobs[2:]):
-            path = confined_path(root, cwd, name)
-            data = decompress(blob, room)
-            room -= len(data)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "xb") as f:
-                f.write(data)
-        input_arg = source if spelled_name(source) else source_path
-        # gcc must read the text as the main file itself (else
-        # -Wsubobject-linkage takes the source's types for a header's), and
-        # re-read the original by that name to quote it in diagnostics: a
-        # FIFO there, which feed_main_file replaces with the original.
-        feed = meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS
         if feed:
-            source_text = rebase_markers(source_text, root)
-            os.mkfifo(source_path, 0o600)
-            with open(os.path.join(root, ".original"), "wb") as f:
-                f.write(original)
-        else:
-            with open(source_path, "wb") as f:
-                f.write(source_text)
-        # A relative -o stays as spelled (gcc names the .dwo after it), but
-        # not an absolute one (naming the temp dir), "..", or an option.
-        output = output_arg = meta.get("output")
-        if spelled_name(output):
-            output_path = confined_path(root, cwd, output)
-            os.makedirs(os.path.dirname(output_path), exist_ok=True)
-        else:
-            output_path = output_arg = os.path.join(root, ".out")
-        split_dwarf = "-gsplit-dwarf" in args
-        if split_dwarf and output_arg != output:
-            raise Rejected("-gsplit-dwarf needs a relative output name")
-        # gcc applies one map, the last given first: the user's (moved
-        # into the job dir if absolute: dpkg-buildflags adds one to every
-        # Debian build), then the job dir's.  -pipe: as reads cc1's output
-        # as it comes (a tiny job answers 4-6 ms sooner); none is in the .o.
-        argv = [compiler, "-pipe", "-ffile-prefix-map=%s=" % root] + [
-            moved_map(arg, root) for arg in args] + [mode] + (
-            ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
-        if meta.get("color"):
-            argv.insert(1, "-fdiagnostics-color=always")
-        child_env = {k: v for k, v in os.environ.items()
-                     if k not in FORWARDED_ENV}
-        # Its temp files (.s) in the job dir: a killed one leaves nothing.
-        child_env.update(env, PWD=work, TMPDIR=root)
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv, cwd=work, env=child_env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)     # a CANCEL kills cc1 and as too
-        control.started(proc.pid)
-        try:
-            if feed:
-                feed_main_file(proc, source_path, source_text,
-                               os.path.join(root, ".original"))
-            del source_text
-            out, err = proc.communicate()
-        finally:
-            control.finished()
-        result = {"status": proc.returncode, "outputs": [],
-                  "compile_ms": round((time.monotonic() - started) * 1000)}
-        if proc.returncode < 0:
-            raise OSError(errno.EINTR, describe_exit(
-                proc.returncode, os.path.basename(compiler)))
-        if proc.returncode != 0 and b"No space left on device" in err:
-            raise OSError(errno.ENOSPC, "no space left in %s"
-                          % os.path.dirname(root))
-        if meta.get("family") == "gcc" and err:
-            result["missing"] = missing_sources(err, work, root)
-        # Absolute names of the client's files are the job dir's here.
-        blobs_out = [out.replace(root.encode() + b"/", b"/"),
-                     err.replace(root.encode() + b"/", b"/")]
-        files = [("output", output_path)] if proc.returncode == 0 else []
-        if files and split_dwarf:
-            files.insert(0, ("dwo", replace_suffix(output_path, ".dwo")))
-        for name, path in files:
-            with open(path, "rb") as f:
-                data = f.read()
-            result["outputs"].append({"name": name, "raw": len(data)})
-            blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
-        if keep:
-            result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
-        return pack_body(result, blobs_out)
+            feed_main_file(proc, source_path, source_text,
+                           os.path.join(root, ".original"))
+        del source_text
+        out, err = proc.communicate()
     finally:
-        if not keep:
-            leftovers.append(root)
+        control.running(None)
+    result = {"status": proc.returncode, "outputs": [],
+              "compile_ms": round((time.monotonic() - started) * 1000)}
+    if proc.returncode < 0:
+        raise OSError(errno.EINTR, describe_exit(
+            proc.returncode, os.path.basename(compiler)))
+    if proc.returncode != 0 and b"No space left on device" in err:
+        raise OSError(errno.ENOSPC, "no space left in %s"
+                      % os.path.dirname(root))
+    if meta.get("family") == "gcc" and err:
+        result["missing"] = missing_sources(err, work, root)
+    # Absolute names of the client's files are the job dir's here.
+    blobs_out = [out.replace(root.encode() + b"/", b"/"),
+                 err.replace(root.encode() + b"/", b"/")]
+    files = [("output", output_path)] if proc.returncode == 0 else []
+    if files and split_dwarf:
+        files.insert(0, ("dwo", replace_suffix(output_path, ".dwo")))
+    for name, path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        result["outputs"].append({"name": name, "raw": len(data)})
+        blobs_out.append(zlib.compress(data, COMPRESS_LEVEL))
+    if keep:
+        result["temps"] = root      # DISTCC_SAVE_TEMPS: kept for a look
+    return pack_body(result, blobs_out)
 
 
 def feed_main_file(proc, path, text, original):
@@ -3179,9 +3162,9 @@ def missing_sources(stderr, work, root):
     are not in the job dir ROOT (gcc then prints no source line): relative
     to WORK, or absolute ones that rebase_markers moved into ROOT."""
     import re
-    plain = re.sub(ANSI_ESCAPE, b"", stderr)
-    names = {m.group(1).decode("utf-8", "surrogateescape")
-             for m in re.finditer(DIAGNOSTIC_LOCATION, plain)}
+    plain = re.sub(rb"\x1b\[[0-9;]*[mK]", b"", stderr)      # colours off
+    names = {m.group(1).decode("utf-8", "surrogateescape") for m in
+             re.finditer(rb"(?m)^([^\s:][^:\n]*):[0-9]+:[0-9]+: ", plain)}
     names = {n[len(root):] if n.startswith(root + "/") else n for n in names
              if not n.startswith(("<", "/")) or n.startswith(root + "/")}
     return sorted(n for n in names if not os.path.exists(
@@ -3230,10 +3213,8 @@ def sweep_job_dirs():
 
 
 def sandbox_argv(bwrap, tmp):
-    """Return the bubblewrap command that runs this server where it sees
-    only /usr (and the system's library links), its own Python and file,
-    the compilers' directories on PATH outside the home, and TMP, its only
-    writable directory: no home, no network, its own processes."""
+    """Return the bubblewrap argv that runs this server read-only but for
+    TMP: no home, no network, its own processes."""
     home = os.path.realpath(os.path.expanduser("~")) + "/"
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--dev", "/dev",
             "--proc", "/proc", "--setenv", "TMPDIR", tmp,
@@ -3253,9 +3234,8 @@ def sandbox_argv(bwrap, tmp):
 
 
 def run_sandboxed():
-    """Run this server inside bubblewrap, where the host has it and it
-    works, and return its exit status; None to serve unsandboxed (no
-    bwrap, it cannot run here, or DISTCC_SANDBOX=0 on the host)."""
+    """Run this server in bubblewrap until it ends; return its exit status,
+    or None to serve unsandboxed (no usable bwrap, or DISTCC_SANDBOX=0)."""
     import shutil
     import subprocess
     import tempfile
@@ -3268,9 +3248,8 @@ def run_sandboxed():
                                             % os.getpid()))
     try:
         argv = sandbox_argv(bwrap, tmp)
-        probe = argv[:argv.index("--") + 1] + ["true"]
-        if subprocess.call(probe, stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL,
+        if subprocess.call(argv[:argv.index("--") + 1] + ["true"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL) != 0:
             return None             # no user namespaces here, say
         import signal
@@ -3639,15 +3618,8 @@ def parse_monitor_args(args):
     return delay, count
 
 
-def main(argv=None, invoked_as=None):
+def main(argv, invoked_as):
     """Run the role ARGV or INVOKED_AS (as gcc) asks for; return the status."""
-    if sys.version_info < (3, 8):
-        sys.stderr.write("distcc.py: Python %d.%d is too old; run it with "
-                         "Python 3.8 or newer (DISTCC_PYTHON)\n"
-                         % sys.version_info[:2])
-        return EXIT_BAD_ARGUMENTS
-    argv = sys.argv[1:] if argv is None else argv
-    invoked_as = sys.argv[0] if invoked_as is None else invoked_as
     Log.verbose = os.environ.get(ENV_VERBOSE, "0") not in ("", "0")
     Log.path = os.environ.get(ENV_LOG) or None
     try:
@@ -3711,12 +3683,10 @@ def main(argv=None, invoked_as=None):
             n = relay_stop(config)
             print("stopped %d relay%s" % (n, "s"[n == 1:]))
         return 0
-    except UsageError as e:
-        warn(str(e))
-        return EXIT_BAD_ARGUMENTS
     except DistccError as e:
         warn(str(e))
-        return EXIT_DISTCC_FAILED
+        return EXIT_BAD_ARGUMENTS if isinstance(e, UsageError) else \
+            EXIT_DISTCC_FAILED
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -3744,4 +3714,4 @@ def launch(argv, invoked_as):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:], sys.argv[0]))
