@@ -3213,8 +3213,8 @@ def sweep_job_dirs():
 
 
 def sandbox_argv(bwrap, tmp):
-    """Return the bubblewrap argv that runs this server read-only but for
-    TMP: no home, no network, its own processes."""
+    """Return the bubblewrap argv that runs this server seeing only system and
+    compiler dirs (read-only) and TMP: no home, no network, own processes."""
     home = os.path.realpath(os.path.expanduser("~")) + "/"
     argv = [bwrap, "--unshare-all", "--die-with-parent", "--dev", "/dev",
             "--proc", "/proc", "--setenv", "TMPDIR", tmp,
