@@ -2020,7 +2020,7 @@ def summarize_if_idle(config):
 # hangs up has its job CANCELled.  If ssh dies, the jobs in flight get a
 # transport ERROR (their wrappers compile locally) and the next job starts a
 # new session.  The wrapper's side is connect_relay(), which hides the lock,
-# the fork and the socket.
+# the start and the socket.
 
 
 def state_dir(config):
@@ -2083,34 +2083,42 @@ def connect_relay(config, host):
 
 
 def start_relay(config, host, sock_path, lock_path):
-    """Start HOST's relay unless another process is starting or running it.
+    """Start HOST's relay unless another process is starting or running it:
+    a fresh `distcc.py --relay` in its own session in /, which holds no
+    descriptor of the build's (make waits for its pipes to close), no build
+    directory (umount must work) and says what it is in ps.  What the build
+    gave as relative paths is made absolute for it.
     Raises UsageError for a DISTCC_SSH that cannot be split: here, where
     the build sees it, not in the detached relay."""
-    config.ssh_command
+    ssh = config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except (BlockingIOError, PermissionError):
             return  # another wrapper is starting it, or it runs
-        listener = bind_listener(sock_path)
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setsid()
-                if os.fork() == 0:
-                    exec_relay(config, host, listener, fd)
-            finally:
-                os._exit(0)
-        listener.close()
-        os.waitpid(pid, 0)
+        import shlex
+        import socket
+        import subprocess
+        env = dict(os.environ, DISTCC_PYTHON=sys.executable, **{
+            ENV_DIR: config.dir, ENV_SSH: shlex.join(absolute_ssh(ssh))})
+        if Log.path:
+            env[ENV_LOG] = os.path.abspath(Log.path)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            bind_listener(listener, sock_path)
+            fds = (listener.fileno(), fd)
+            null = subprocess.DEVNULL
+            subprocess.Popen(["/bin/sh", os.path.realpath(__file__),
+                              "--relay", host.spec] + [str(n) for n in fds],
+                             stdin=null, stdout=null, stderr=null, cwd="/",
+                             env=env, pass_fds=fds, start_new_session=True)
     finally:
         os.close(fd)
 
 
-def bind_listener(sock_path):
-    """Bind and listen on SOCK_PATH (mode 0600), replacing a stale socket.
-    The caller holds the relay lock, so no live relay owns the path."""
+def bind_listener(listener, sock_path):
+    """Bind LISTENER to SOCK_PATH (mode 0600) and listen, replacing a stale
+    socket.  The caller holds the relay lock, so no live relay owns it."""
     import socket
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         if probe.connect_ex(sock_path) == 0:
@@ -2120,48 +2128,12 @@ def bind_listener(sock_path):
         os.unlink(sock_path)
     except FileNotFoundError:
         pass  # nothing stale to remove
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)
     try:
-        s.bind(sock_path)
-        s.listen(128)
-    except BaseException:
-        s.close()
-        raise
+        listener.bind(sock_path)
     finally:
         os.umask(old)
-    return s
-
-
-def exec_relay(config, host, listener, lock_fd):
-    """Become HOST's relay: a fresh `distcc.py --relay` in /, which holds
-    no descriptor of the build's (make waits for its pipes to close), no
-    build directory (umount must work) and says what it is in ps.  What the
-    build gave as relative paths is made absolute for it."""
-    import shlex
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    try:
-        fds = [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = range(3, 256)
-    for fd in set(fds).difference((0, 1, 2, listener.fileno(), lock_fd)):
-        try:
-            os.close(fd)
-        except OSError:
-            pass  # the listing's own descriptor, already closed
-    for fd in (listener.fileno(), lock_fd):
-        os.set_inheritable(fd, True)
-    env = dict(os.environ, DISTCC_PYTHON=sys.executable, **{
-        ENV_DIR: config.dir, ENV_SSH: " ".join(
-            shlex.quote(arg) for arg in absolute_ssh(config.ssh_command))})
-    if Log.path:
-        env[ENV_LOG] = os.path.abspath(Log.path)
-    os.chdir("/")
-    os.execve("/bin/sh", ["sh", os.path.realpath(__file__), "--relay",
-                          host.spec, str(listener.fileno()), str(lock_fd)],
-              env)
+    listener.listen(128)
 
 
 def absolute_ssh(argv):
@@ -2177,8 +2149,7 @@ def absolute_ssh(argv):
 
 
 def relay_main(config, args):
-    """The relay exec_relay started (`--relay SPEC LISTEN_FD LOCK_FD`):
-    write its pid, serve, clean up."""
+    """The relay start_relay started (`--relay SPEC LISTEN_FD LOCK_FD`)."""
     import socket
     host = parse_host(args[0])
     listener, lock_fd = socket.socket(fileno=int(args[1])), int(args[2])
@@ -2206,21 +2177,17 @@ def relay_main(config, args):
             import subprocess
             argv = build_ssh_argv(config.ssh_command, host, config.dir)
             argv[argv.index("--"):] = ["-O", "exit", host.hostname]
-            null = subprocess.DEVNULL
-            subprocess.call(argv, stdin=null, stdout=null, stderr=null,
-                            timeout=10)
+            subprocess.call(argv, stdout=subprocess.DEVNULL, timeout=10,
+                            stdin=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         trace("relay for %s exits" % host.spec)
 
 
 def hung_up(sock):
     """Whether the peer of Unix socket SOCK has closed it, not just its
     writing half (a wrapper waiting for its answer has done that)."""
-    if not hasattr(select, "poll"):
-        return False                 # PROGRESS writes will tell, later
     poller = select.poll()
-    poller.register(sock, select.POLLHUP)
-    return any(events & (select.POLLHUP | select.POLLERR)
-               for _, events in poller.poll(0))
+    poller.register(sock, select.POLLHUP)    # POLLERR comes unasked
+    return bool(poller.poll(0))
 
 
 class Relay:
@@ -2252,12 +2219,10 @@ class Relay:
             argv = build_ssh_argv(config.ssh_command, host, config.dir)
             trace("connecting: %s" % " ".join(argv))
             try:
-                self.session = Session(argv, config.connect_timeout,
-                                       config.io_timeout)
+                self.session = Session(argv, config)
             except TransportError as e:
                 self.connect_failure = (time.monotonic(), e.detail)
                 raise
-            self.connect_failure = None
             write_host_note(config, host, "cpus",
                             "%s\n" % (self.session.cpus or ""))
             write_host_note(config, host, "mismatch", "")
@@ -2266,8 +2231,7 @@ class Relay:
             return self.session
 
     def check_compiler(self, session, meta):
-        """Raise Rejected unless the host's compiler of the job META is
-        the same as the local one (version and target)."""
+        """Raise Rejected unless the host's compiler for META is ours."""
         compiler, path = meta.get("compiler"), meta.get("compiler_path")
         theirs = session.identity(compiler)
         try:
@@ -2282,23 +2246,21 @@ class Relay:
         with self.lock:
             noted = (session, compiler) in self.mismatches
             self.mismatches.add((session, compiler))
-        theirs, ours = (s.replace("\n", ", ") for s in (theirs, ours))
+        differs = "%s there, %s here" % tuple(
+            s.replace("\n", ", ") for s in (theirs, ours))
         if not noted:               # once per session, for --show-hosts
             write_host_note(self.config, self.host, "mismatch",
-                            "%s: %s there, %s here\n"
-                            % (compiler, theirs, ours), append=True)
-        raise Rejected("%s on %s differs from the local one (%s there, %s "
-                       "here)" % (compiler, self.host.hostname, theirs, ours))
+                            "%s: %s\n" % (compiler, differs), append=True)
+        raise Rejected("%s on %s differs from the local one (%s)"
+                       % (compiler, self.host.hostname, differs))
 
     def serve_wrapper(self, conn):
         """Forward one wrapper's job, the host's PROGRESS and the answer."""
-        import socket
-        import struct
         try:
-            if hasattr(socket, "SO_PEERCRED"):   # struct ucred: pid, uid, gid
-                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                        struct.calcsize("3i"))
-                uid = struct.unpack("3i", creds)[1]
+            if hasattr(_socket, "SO_PEERCRED"):  # struct ucred: pid, uid, gid
+                creds = conn.getsockopt(_socket.SOL_SOCKET,
+                                        _socket.SO_PEERCRED, 12)
+                uid = int.from_bytes(creds[4:8], sys.byteorder)
                 if uid != os.getuid():
                     warn("refused a connection from uid %d" % uid)
                     return
@@ -2317,9 +2279,9 @@ class Relay:
                 meta, blobs = unpack_body(body, MARSHAL)
                 session = self.get_session()
                 self.check_compiler(session, meta)
-                job_id, pending = session.start(JOB, pack_body(meta, blobs))
+                job_id, frames = session.start(JOB, pack_body(meta, blobs))
                 kind, answer = session.wait(
-                    JOB, pending, lambda p: write_frame(out, PROGRESS, 0, p),
+                    JOB, frames, lambda p: write_frame(out, PROGRESS, 0, p),
                     gone=lambda: hung_up(conn))
                 if kind is None:
                     trace("job %d: its wrapper is gone; cancelled" % job_id)
@@ -2351,17 +2313,15 @@ class Relay:
         """Accept wrappers until idle for the relay timeout."""
         self.listener.settimeout(1.0)
         idle_since = time.monotonic()
-        while True:
+        while time.monotonic() - idle_since <= self.config.relay_timeout:
             try:
                 self.spawn(self.listener.accept()[0])
                 idle_since = time.monotonic()
             except _socket.timeout:
                 if self.active:
                     idle_since = time.monotonic()
-                elif time.monotonic() - idle_since > self.config.relay_timeout:
-                    return
             except OSError as e:
-                if e.errno not in (errno.EINTR, errno.ECONNABORTED):
+                if e.errno != errno.ECONNABORTED:  # EINTR is retried
                     raise
 
     def shutdown(self, sock_path):
@@ -2450,30 +2410,21 @@ def build_ssh_argv(ssh_command, host, control_dir):
     return argv + ["--", host.hostname, command]
 
 
-class Pending:
-    """A job in flight on a session, and what its waiter has yet to hear."""
-
-    def __init__(self):
-        import threading
-        self.changed = threading.Condition()
-        self.frame = None             # (type, body) of the answer, once here
-        self.progress = None          # the host's latest PROGRESS, untold
-
-
 class Session:
     """One ssh process running the server, and the jobs in flight on it."""
 
-    def __init__(self, argv, connect_timeout, io_timeout):
+    def __init__(self, argv, config):
         import subprocess
         import threading
-        self.query_timeout = connect_timeout  # a query is quick, or lost
+        self.config = config          # its connect and I/O timeouts
         self.lock = threading.Lock()
-        self.pending = {}             # job id -> Pending
+        self.pending = {}             # job id -> queue of its frames
         self.next_id = 1
         self.failure = None           # message once the session is dead
         self.stderr_tail = []         # last lines ssh printed
         self.write_lock = threading.Lock()
-        self.identities = {}          # compiler name -> Pending identity
+        self.identity_lock = threading.Lock()  # one QUERY per compiler
+        self.identities = {}          # compiler name -> identity, or error
         try:
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -2482,7 +2433,7 @@ class Session:
             raise TransportError("cannot run %s: %s" % (argv[0], e.strerror),
                                  "check DISTCC_SSH")
         threading.Thread(target=self.read_stderr, daemon=True).start()
-        timer = threading.Timer(connect_timeout, self.proc.kill)
+        timer = threading.Timer(config.connect_timeout, self.proc.kill)
         timer.start()
         try:
             self.server_version, self.cpus, self.sandbox = find_banner(
@@ -2497,20 +2448,6 @@ class Session:
             timer.cancel()
         self.last_heard = time.monotonic()
         threading.Thread(target=self.read_frames, daemon=True).start()
-        threading.Thread(target=self.watch, args=(io_timeout,),
-                         daemon=True).start()
-
-    def watch(self, io_timeout):
-        """Fail the session when a host with jobs in flight stays silent
-        for IO_TIMEOUT seconds (a stopped or wedged host)."""
-        while self.failure is None:
-            time.sleep(min(1.0, io_timeout / 4))
-            with self.lock:
-                silent = bool(self.pending) and \
-                    time.monotonic() - self.last_heard > io_timeout
-            if silent:
-                self.fail("no word from the host for %ds with jobs in flight"
-                          % io_timeout)
 
     def read_stderr(self):
         for line in self.proc.stderr:
@@ -2545,18 +2482,12 @@ class Session:
                     lambda: read_frame(self.proc.stdout), None):
                 with self.lock:
                     self.last_heard = time.monotonic()
-                    pending = self.pending.get(job_id) if kind == PROGRESS \
+                    frames = self.pending.get(job_id) if kind == PROGRESS \
                         else self.pending.pop(job_id, None)
-                if pending is None:
-                    if kind == ERROR:
-                        warn("session error: %s" % bytes(body)[:200])
-                    continue             # a job cancelled, or heard of late
-                with pending.changed:
-                    if kind == PROGRESS:
-                        pending.progress = body
-                    else:
-                        pending.frame = (kind, body)
-                    pending.changed.notify_all()
+                if frames is not None:
+                    frames.put((kind, body))
+                elif kind == ERROR:     # of a job cancelled, or heard of late
+                    warn("session error: %s" % bytes(body)[:200])
         except (ProtocolError, OSError, ValueError) as e:
             self.fail("bad stream from the server: %s" % e)
             return
@@ -2567,10 +2498,8 @@ class Session:
         with self.lock:
             self.failure = self.failure or message
             pending, self.pending = self.pending, {}
-        for p in pending.values():
-            with p.changed:
-                p.frame = (ERROR, error_body("transport", message))
-                p.changed.notify_all()
+        for frames in pending.values():
+            frames.put((ERROR, error_body("transport", message)))
         self.close()
 
     def close(self):
@@ -2587,26 +2516,26 @@ class Session:
             self.proc.wait()
 
     def call(self, kind, parts, timeout=None):
-        """Send one frame and wait for its answer; return (type, body).
-        Past TIMEOUT seconds without one, the session is failed.
+        """Send one frame and wait() for its answer; return (type, body).
         Raises TransportError if the session is dead."""
         return self.wait(kind, self.start(kind, parts)[1], timeout=timeout)
 
     def start(self, kind, parts):
-        """Send the frame that starts a job; return (job id, Pending).
-        Raises TransportError if the session is dead."""
-        pending = Pending()
+        """Send the frame that starts a job; return (job id, the queue of
+        its frames).  Raises TransportError if the session is dead."""
+        import queue
+        frames = queue.SimpleQueue()
         with self.lock:
             if self.failure is not None:
                 raise TransportError(self.failure)
             if not self.pending:
-                # The watch counts from now: a build may pause longer
+                # Silence counts from now: a build may pause longer
                 # than the I/O timeout between two jobs.
                 self.last_heard = time.monotonic()
             job_id, self.next_id = self.next_id, self.next_id % 0xFFFFFFFE + 1
-            self.pending[job_id] = pending
+            self.pending[job_id] = frames
         self.send(kind, job_id, parts)
-        return job_id, pending
+        return job_id, frames
 
     def send(self, kind, job_id, parts):
         try:
@@ -2615,39 +2544,40 @@ class Session:
         except (OSError, ValueError) as e:
             self.fail("cannot write to ssh: %s" % e)
 
-    def wait(self, kind, pending, tell=None, timeout=None, gone=None):
-        """Wait for the answer to the job start() gave PENDING for; return
-        (type, body), or (None, None) once GONE() (asked every HANGUP_POLL
-        seconds) says its waiter gave up, or TELL fails.  TELL(body) gets
-        each of the host's PROGRESS bodies for the job (as marshal), and an
-        empty one every PROGRESS_INTERVAL of silence.  Past TIMEOUT seconds
-        without an answer, the session is failed."""
+    def wait(self, kind, frames, tell=None, timeout=None, gone=None):
+        """Wait for the answer to the job start() gave the queue FRAMES for;
+        return (type, body), or (None, None) once GONE() says its waiter gave
+        up or TELL fails.  TELL(body) gets the host's PROGRESS bodies for the
+        job (as marshal), and an empty one every PROGRESS_INTERVAL of
+        silence.  Past TIMEOUT seconds without an answer, or the I/O timeout
+        of silence from a stopped or wedged host, the session is failed."""
+        import queue
         now = time.monotonic()
         deadline = now + (float("inf") if timeout is None else timeout)
         beat = now + PROGRESS_INTERVAL
         while True:
-            wait = min(beat - now, deadline - now,
-                       HANGUP_POLL if gone else PROGRESS_INTERVAL)
-            with pending.changed:
-                pending.changed.wait_for(
-                    lambda: pending.frame or pending.progress is not None,
-                    max(0.0, wait))
-                frame, progress = pending.frame, pending.progress
-                pending.progress = None
-            if frame:
-                return frame
+            wait = min(beat, deadline, now + HANGUP_POLL) - now
+            try:
+                got, body = frames.get(timeout=max(0.0, wait))
+            except queue.Empty:
+                got = body = None
+            if got not in (None, PROGRESS):
+                return got, body
             now = time.monotonic()
             if now >= deadline:
                 # fail() answers every job in flight, this one too.
                 self.fail("no answer to a %s in %d s"
                           % (FRAME_NAMES[kind], timeout))
+            elif now - self.last_heard > self.config.io_timeout:
+                self.fail("no word from the host for %ds with jobs in flight"
+                          % self.config.io_timeout)
             elif gone is not None and gone():
                 return None, None
-            elif progress is not None or now >= beat:
+            elif got == PROGRESS or now >= beat:
                 beat = now + PROGRESS_INTERVAL  # without TELL too: no spin
                 try:
                     if tell is not None:
-                        tell(relay_progress(progress))
+                        tell(relay_progress(body))
                 except (OSError, ValueError):
                     return None, None   # the wrapper is gone
 
@@ -2662,13 +2592,12 @@ class Session:
         """Return the host's identity of COMPILER, asked once a session.
         Raises Rejected if the host lacks it, TransportError if the session
         dies."""
-        with self.lock:
-            entry = self.identities.setdefault(compiler, Pending())
-        with entry.changed:         # the first caller asks, the others wait
-            if entry.frame is None:
+        with self.identity_lock:    # the first caller asks, the others wait
+            if compiler not in self.identities:
                 try:
                     kind, body = self.call(QUERY, pack_body(
-                        {"compiler": compiler}), timeout=self.query_timeout)
+                        {"compiler": compiler}),
+                        timeout=self.config.connect_timeout)  # quick, or lost
                     if kind == ERROR:
                         raise_error_body(body)
                     meta, _ = unpack_meta(body)
@@ -2677,10 +2606,11 @@ class Session:
                         answer = Rejected(str(meta.get("error"))[:200])
                 except DistccError as e:
                     answer = e
-                entry.frame = answer
-        if isinstance(entry.frame, DistccError):
-            raise type(entry.frame)(entry.frame.detail, entry.frame.hint)
-        return entry.frame
+                self.identities[compiler] = answer
+            answer = self.identities[compiler]
+        if isinstance(answer, DistccError):
+            raise type(answer)(answer.detail, answer.hint)
+        return answer
 
 
 def relay_progress(body):
@@ -3356,7 +3286,7 @@ def check_host(config, spec):
     state_dir(config)
     started = time.monotonic()
     try:
-        session = Session(argv, config.connect_timeout, config.io_timeout)
+        session = Session(argv, config)
     except (TransportError, ProtocolError) as e:
         say(False, "ssh %s: %s" % (host.hostname, e))
         print("     command: %s" % " ".join(argv))
@@ -3647,7 +3577,7 @@ def main(argv, invoked_as):
         config = Config(os.environ)
         if not argv[0].startswith("-"):
             return wrapper_main(argv, config)
-        if argv[0] == "--relay" and len(argv) == 4:   # from exec_relay only
+        if argv[0] == "--relay" and len(argv) == 4:  # from start_relay only
             return relay_main(config, argv[1:])
         if argv[0] == "--check":
             if len(argv) != 2:
