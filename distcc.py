@@ -1297,9 +1297,7 @@ def config_error(config, error, job):
 
 def said_lately(config, message):
     """True if a job of this login session said MESSAGE within the last
-    minute, so that a build's hundreds of jobs warn once.  The stamp, one
-    per message and session, lives in DISTCC_DIR, or in the temp dir when
-    that is what is wrong; every job that stays quiet touches it."""
+    minute (each quiet job renews the stamp): a build's jobs warn once."""
     try:
         base = state_dir(config)
     except UsageError:
@@ -1321,9 +1319,8 @@ def said_lately(config, message):
 
 
 def hold_local_slot(config, hosts):
-    """Wait for one of the --localslots=N of HOSTS (None: not read yet)
-    and keep it open across exec: at most N compiles run here, whatever
-    make's -j."""
+    """Wait for one of the --localslots=N of HOSTS (None: not read yet) and
+    hold it across exec: at most N compiles run here, whatever make's -j."""
     if hosts is None:
         try:
             hosts = config.hosts()
@@ -1541,9 +1538,8 @@ def restore_defines(text):
     gcc says nothing about their insides."""
     out, files = [], {}
     name, line = None, 0           # file and line of the line at START
-    done = 0
-    start = 0 if text.startswith(b"#") else text.find(b"\n#") + 1
-    while start > 0 or text.startswith(b"#"):
+    start = done = 0
+    while True:
         end = text.find(b"\n", start)
         end = len(text) if end < 0 else end
         if text.startswith(b"# ", start):
@@ -1610,14 +1606,12 @@ def macro_name(line):
 
 
 def run_captured(path, argv):
-    """Run PATH with ARGV (stdin /dev/null) and wait; return (stdout,
-    stderr, exit status)."""
+    """Run PATH with ARGV, stdin /dev/null; return (stdout, stderr, status)."""
     # posix_spawn, not subprocess: importing subprocess would cost the
     # wrapper 10 ms per compile.
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     child = (os.open(os.devnull, os.O_RDONLY), out_w, err_w)  # fds 0, 1, 2
     output = {out_r: [], err_r: []}
-    open_fds = [out_r, err_r]
     try:
         try:
             pid = os.posix_spawn(path, argv, os.environ, file_actions=[
@@ -1625,15 +1619,15 @@ def run_captured(path, argv):
         finally:
             for fd in child:
                 os.close(fd)
+        open_fds = [out_r, err_r]
         while open_fds:
             for fd in select.select(open_fds, [], [])[0]:
                 data = os.read(fd, 1 << 20)
                 output[fd].append(data)
                 if not data:
                     open_fds.remove(fd)
-                    os.close(fd)
     finally:
-        for fd in open_fds:
+        for fd in output:
             os.close(fd)
     status = exit_status(os.waitpid(pid, 0)[1])
     return b"".join(output[out_r]), b"".join(output[err_r]), status
@@ -1773,9 +1767,23 @@ def send_job(config, host, parts, state, local_hosts=()):
             now = time.monotonic()
             if ready:
                 heard = now
-                kind, body = read_answer_frame(s)
+                try:
+                    frame = read_frame(SocketReader(s))
+                except _socket.timeout:
+                    raise relay_silent(silence)
+                except (OSError, ProtocolError) as e:
+                    raise RelayLost("relay connection failed: %s" % e)
+                if frame is None:
+                    raise RelayLost("the relay closed the connection without "
+                                    "an answer")
+                kind, _, body = frame
+                if kind == ERROR:
+                    raise_error_body(body, MARSHAL)
                 if kind == RESULT:
                     return body, None
+                if kind != PROGRESS:
+                    raise ProtocolError("expected RESULT, got %s"
+                                        % FRAME_NAMES[kind])
                 progress = load_meta(body, MARSHAL) if body else {}
                 if progress.get("state") in ("queue", "compile") and \
                         progress["state"] != phase:
@@ -1803,25 +1811,6 @@ def send_job(config, host, parts, state, local_hosts=()):
                     return None, slot   # closing s cancels the host's job
     finally:
         s.close()
-
-
-def read_answer_frame(s):
-    """Return (PROGRESS or RESULT, body) of the next frame from relay
-    socket S.  Raises as send_job."""
-    try:
-        frame = read_frame(SocketReader(s))
-    except _socket.timeout:
-        raise relay_silent(s.gettimeout())
-    except (OSError, ProtocolError) as e:
-        raise RelayLost("relay connection failed: %s" % e)
-    if frame is None:
-        raise RelayLost("the relay closed the connection without an answer")
-    kind, _, body = frame
-    if kind == ERROR:
-        raise_error_body(body, MARSHAL)
-    if kind not in (RESULT, PROGRESS):
-        raise ProtocolError("expected RESULT, got %s" % FRAME_NAMES[kind])
-    return kind, body
 
 
 def relay_silent(seconds):
@@ -1887,9 +1876,8 @@ def write_output(path, data):
     """Write DATA to PATH atomically: a temp name beside it, then rename."""
     tmp = os.path.join(os.path.dirname(path) or ".", ".%s.%d.%s.tmp" % (
         os.path.basename(path), os.getpid(), os.urandom(3).hex()))
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -1925,7 +1913,6 @@ STATS_FIELDS = ("time", "host", "outcome", "preprocessed", "sent",
                 "objects", "received", "preprocess_ms", "transfer_ms",
                 "compile_ms", "write_ms", "reason")
 OUTCOMES = ("remote", "local", "fallback", "failed")
-O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)    # never write through a link
 
 
 class JobState:
@@ -1949,15 +1936,14 @@ class JobState:
             if self.fd is None:
                 self.fd = os.open(job_state_path(self.directory, os.getpid()),
                                   os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                                  O_NOFOLLOW, 0o600)
+                                  os.O_NOFOLLOW, 0o600)
             os.pwrite(self.fd, line, 0)
             os.ftruncate(self.fd, len(line))
         except OSError:
             pass  # monitoring is best effort; the compile goes on
 
     def finish(self, outcome, reason="", host="localhost"):
-        """Record how the job ended: append its line to the stats and drop
-        its state line.  Every job ends here, once."""
+        """Append how the job ended to the stats; drop its state line."""
         self.done = True
         self.record.update(time=round(time.time(), 3), outcome=outcome,
                            host=host, reason=" ".join(str(reason).split()))
@@ -1967,7 +1953,7 @@ class JobState:
         path = os.path.join(self.directory, "stats")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
-                         O_NOFOLLOW, 0o600)
+                         os.O_NOFOLLOW, 0o600)
             try:
                 os.write(fd, line.encode("utf-8", "surrogateescape"))
                 if os.fstat(fd).st_size > STATS_LIMIT:
@@ -1996,7 +1982,7 @@ def summarize_if_idle(config):
         return
     try:
         fd = os.open(os.path.join(config.dir, "stats.summary"),
-                     os.O_RDWR | os.O_CREAT | O_NOFOLLOW, 0o600)
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError:
         return  # no state dir: nothing was recorded
     try:
@@ -2353,7 +2339,7 @@ def relay_stop(config):
     stopped = 0
     for lock in glob.glob(os.path.join(config.dir, "relay-*.lock")):
         try:
-            fd = os.open(lock, os.O_RDONLY | O_NOFOLLOW)
+            fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             continue
         try:
