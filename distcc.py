@@ -1231,16 +1231,7 @@ def wrapper_main(argv, config):
             if all(h.is_local for h in hosts):
                 raise LocalOnly("no remote hosts")
             check_job_files(job)
-            # Checked and created once per job: what follows relies on it.
-            directory = state_dir(config)
-            for sub in ("slots", "jobs"):
-                path = os.path.join(directory, sub)
-                try:
-                    if not os.path.isdir(path):     # one stat, every job
-                        os.makedirs(path, 0o700, exist_ok=True)
-                except OSError as e:
-                    raise UsageError("cannot create %s: %s"
-                                     % (path, e.strerror), "fix or remove it")
+            directory = state_dir(config)   # what follows relies on it
         except UsageError as e:
             config_error(config, e, job)
         state = JobState(directory, job.source)
@@ -1328,7 +1319,6 @@ def hold_local_slot(config, hosts):
             return  # a local compile still runs; the remote path reports it
     if not hosts.local_slots:
         return
-    os.makedirs(os.path.join(config.dir, "slots"), mode=0o700, exist_ok=True)
     local = Host("local", "localhost", limit=hosts.local_slots)
     os.set_inheritable(acquire_slot(config, [local], "queue-local").fd, True)
 
@@ -1715,7 +1705,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
         paths = {"output": job.output}
         if "-gsplit-dwarf" in job.remote_args:  # a host adds nothing else
             paths["dwo"] = replace_suffix(job.output, ".dwo")
-        names = [o.get("name") if isinstance(o, dict) else None
+        names = [str(o.get("name")) if isinstance(o, dict) else None
                  for o in outputs]
         if "output" not in names or not set(names) <= set(paths) or \
                 len(set(names)) != len(names):
@@ -2010,8 +2000,9 @@ def summarize_if_idle(config):
 
 
 def state_dir(config):
-    """Create (0700) and check $DISTCC_DIR; return its path.
-    Raises UsageError if it is not ours or others can write to it."""
+    """Create (0700) and check $DISTCC_DIR, with its slots/ and jobs/;
+    return its path.  Raises UsageError if it is not ours or others can
+    write to it."""
     path = config.dir
     own = "set DISTCC_DIR to a directory you own"
     try:
@@ -2026,6 +2017,13 @@ def state_dir(config):
         raise UsageError("%s is writable by others (mode %o)"
                          % (path, st.st_mode & 0o777),
                          "run chmod 700 %s" % path)
+    for sub in (os.path.join(path, "slots"), os.path.join(path, "jobs")):
+        try:
+            if not os.path.isdir(sub):          # one stat each, every job
+                os.makedirs(sub, 0o700, exist_ok=True)
+        except OSError as e:
+            raise UsageError("cannot create %s: %s" % (sub, e.strerror),
+                             "fix or remove it")
     return path
 
 

@@ -3108,6 +3108,9 @@ while True:
     if mode == "dwo":
         result["outputs"].insert(0, {"name": "dwo", "raw": 3})
         got.insert(2, zlib.compress(b"dwo"))
+    if mode == "listname":
+        result["outputs"].insert(0, {"name": ["output"], "raw": 3})
+        got.insert(2, zlib.compress(b"odd"))
     if mode == "missing" and not meta.get("extra"):
         result["missing"] = ["../secret.h", "/etc/passwd", "src/real.h",
                              "src/other.h", meta["cwd"] + "/src/other.h",
@@ -3162,6 +3165,11 @@ class TestHostileHost(EndToEnd):
         r = self.compile()
         self.assertIn(b"protocol: distcc-test: RESULT has outputs", r.stderr)
         self.assertFalse(os.path.exists(os.path.join(self.work, "sub/a.dwo")))
+
+    def test_it_cannot_break_the_client_with_odd_output_names(self):
+        self.fake("listname")
+        r = self.compile()
+        self.assertIn(b"protocol: distcc-test: RESULT has outputs", r.stderr)
 
     def test_it_gets_only_headers_the_job_included(self):
         log = self.fake("missing")
