@@ -2092,10 +2092,12 @@ def start_relay(config, host, sock_path, lock_path):
             bind_listener(listener, sock_path)
             fds = (listener.fileno(), fd)
             null = subprocess.DEVNULL
-            subprocess.Popen(["/bin/sh", os.path.realpath(__file__),
-                              "--relay", host.spec] + [str(n) for n in fds],
-                             stdin=null, stdout=null, stderr=null, cwd="/",
-                             env=env, pass_fds=fds, start_new_session=True)
+            # Until the relay forks (relay_main): no zombie is left, nor a
+            # child that Python would warn of as "still running".
+            subprocess.call(["/bin/sh", os.path.realpath(__file__),
+                             "--relay", host.spec] + [str(n) for n in fds],
+                            stdin=null, stdout=null, stderr=null, cwd="/",
+                            env=env, pass_fds=fds, start_new_session=True)
     finally:
         os.close(fd)
 
@@ -2134,6 +2136,8 @@ def absolute_ssh(argv):
 
 def relay_main(config, args):
     """The relay start_relay started (`--relay SPEC LISTEN_FD LOCK_FD`)."""
+    if os.fork():
+        os._exit(0)                 # start_relay waits for this parent
     import socket
     host = parse_host(args[0])
     listener, lock_fd = socket.socket(fileno=int(args[1])), int(args[2])

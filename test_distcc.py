@@ -1717,6 +1717,9 @@ class EndToEnd(unittest.TestCase):
             DISTCC_FALLBACK="0",
             DISTCC_LOG=self.log,
             DISTCC_VERBOSE="1",
+            # Python's warnings (a child still running, a file left open)
+            # would reach the build's stderr: the tests compare it.
+            PYTHONWARNINGS="default",
             LC_ALL="C")
 
     def tearDown(self):
