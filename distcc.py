@@ -6,7 +6,7 @@
 # which the long-lived roles turn back on (see launch()), and with the
 # loader Python has already imported (importlib.machinery costs 1 ms).
 '''':
-exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc; gc.disable(); import _frozen_importlib_external as fl, os, sys; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; fl.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
+exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc, sys; sys.version_info >= (3, 8) or sys.exit("distcc.py: Python %d.%d is too old: 3.8 or newer is needed; set DISTCC_PYTHON" % sys.version_info[:2]); gc.disable(); import _frozen_importlib_external as fl, os; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; fl.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 
 One program, three roles, chosen by argv:

@@ -10,6 +10,7 @@ real-world sources download them from PyPI once (pinned by checksum) into
 """
 
 import errno
+import glob
 import hashlib
 import io
 import json
@@ -3554,6 +3555,26 @@ class TestMain(unittest.TestCase):
         for name in names:
             self.assertIn(name, r.stdout.decode())
         self.assertNotIn("README", r.stdout.decode())
+
+    def test_a_python_too_old_is_one_line(self):
+        # An interpreter that says it is 3.7 (and a real old one, where
+        # pyenv has one): one line and exit 1, never a SyntaxError.
+        tmp = tempfile.mkdtemp(prefix="distccpy-test-")
+        self.addCleanup(shutil.rmtree, tmp)
+        fake = os.path.join(tmp, "python3.7")
+        with open(fake, "w") as f:
+            f.write("#!/bin/sh\nshift 2\nexec %s -S -c 'import sys; code = "
+                    "sys.argv.pop(1); sys.version_info = (3, 7, 16); "
+                    "exec(code)' \"$@\"\n" % sys.executable)
+        os.chmod(fake, 0o755)
+        pythons = [fake] + glob.glob(os.path.expanduser(
+            "~/.pyenv/versions/3.7.*/bin/python3"))[:1]
+        for python in pythons:
+            r = run([DISTCC_PY, "gcc", "-c", "a.c"], env=dict(
+                os.environ, DISTCC_PYTHON=python))
+            self.assertEqual((r.returncode, r.stderr.decode()), (1, (
+                "distcc.py: Python 3.7 is too old: 3.8 or newer is needed; "
+                "set DISTCC_PYTHON\n")), python)
 
     def test_bad_configuration_is_one_line(self):
         cases = [
