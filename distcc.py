@@ -1823,14 +1823,14 @@ def collect_extra_files(names, packed):
     server's 'missing' list), within the limits; [] if there are none."""
     if not isinstance(names, list) or not names:
         return []
-    # A host may ask for anything: read only names without ".." that the
-    # job's text, PACKED, included (its line markers name them).
+    # A host may ask for anything: read only files that the job's text,
+    # PACKED, included (its line markers name them).
     import re
     included = set(re.findall(rb'(?m)^# [0-9]+ "([^"]*)"',
                               zlib.decompress(packed)))
     extra, total = [], 0
     for name in names[:MAX_EXTRA_FILES]:
-        if not spelled_name(name[1:] if str(name)[:1] == "/" else name) or \
+        if not isinstance(name, str) or \
                 name.encode("utf-8", "surrogateescape") not in included or \
                 not os.path.isfile(name):
             continue
@@ -2675,11 +2675,27 @@ def confined_path(root, cwd, name):
     return path
 
 
-def spelled_name(name):
-    """Whether a client's relative NAME may stand as spelled in gcc's argv."""
-    return isinstance(name, str) and name == os.path.normpath(name) and \
-        not name.startswith(("/", "-", "@", "..")) and \
-        "/../" not in name and set(name).isdisjoint("\0\n")
+def spelled_path(root, cwd, name):
+    """Return where the client's relative file NAME goes in the job dir
+    ROOT if gcc may be given NAME as spelled (no option, no @file), having
+    made the directories the kernel walks through for its "..", as on the
+    client (Meson's ../src/a.c, Brotli's dec/../common/constants.h);
+    None if it climbs above the client's /."""
+    if not isinstance(name, str) or not name or not set(name).isdisjoint(
+            "\0\n") or name.startswith(("/", "-", "@")):
+        return None
+    walked = [p for p in os.path.normpath(cwd).split("/") if p]
+    *dirs, base = name.split("/")
+    for part in dirs:
+        if part == "..":
+            if not walked:
+                return None
+            os.makedirs(os.path.join(root, *walked), exist_ok=True)
+            walked.pop()
+        elif part not in ("", "."):
+            walked.append(part)
+    os.makedirs(os.path.join(root, *walked), exist_ok=True)
+    return os.path.join(root, *walked, base)
 
 
 def find_compiler(name):
@@ -2962,18 +2978,23 @@ def compile_job(body, leftovers, control):
     if not keep:
         leftovers.append(root)
     work = confined_path(root, "/", cwd)
-    source_path = confined_path(root, cwd, source)
     os.makedirs(work, exist_ok=True)
-    os.makedirs(os.path.dirname(source_path), exist_ok=True)
+    source_path = spelled_path(root, cwd, source)
+    input_arg = source
+    if source_path is None:         # absolute, or not for gcc's argv
+        source_path = input_arg = confined_path(root, cwd, source)
+        os.makedirs(os.path.dirname(source_path), exist_ok=True)
     room = MAX_EXTRA_BYTES      # extras: headers diagnostics quote
     for name, blob in zip(extra, blobs[2:]):
-        path = confined_path(root, cwd, name)
+        path = spelled_path(root, cwd, name) or confined_path(root, cwd, name)
         data = decompress(blob, room)
         room -= len(data)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "xb") as f:
-            f.write(data)
-    input_arg = source if spelled_name(source) else source_path
+        try:
+            with open(path, "xb") as f:
+                f.write(data)
+        except FileExistsError:
+            pass  # the same file by another spelling (a/../b.h and b.h)
     # gcc must read the text as the main file itself (else
     # -Wsubobject-linkage takes the source's types for a header's), and
     # re-read the original by that name to quote it in diagnostics: a
@@ -2988,12 +3009,10 @@ def compile_job(body, leftovers, control):
         with open(source_path, "wb") as f:
             f.write(source_text)
     # A relative -o stays as spelled (gcc names the .dwo after it), but
-    # not an absolute one (naming the temp dir), "..", or an option.
+    # not an absolute one (naming the temp dir), or an option.
     output = output_arg = meta.get("output")
-    if spelled_name(output):
-        output_path = confined_path(root, cwd, output)
-        os.makedirs(os.path.dirname(output_path), exist_ok=True)
-    else:
+    output_path = spelled_path(root, cwd, output)
+    if output_path is None:
         output_path = output_arg = os.path.join(root, ".out")
     split_dwarf = "-gsplit-dwarf" in args
     if split_dwarf and output_arg != output:

@@ -1282,6 +1282,22 @@ class TestServer(unittest.TestCase):
                           ("/a/b", "../../..//x")):
             path = distcc.confined_path(root, cwd, name)
             self.assertTrue(path.startswith(root + "/"), (cwd, name, path))
+        # As spelled, the kernel walks the ".." of the directories made for
+        # it, and never above the job dir; options and @files never pass.
+        root = tempfile.mkdtemp(prefix="distccpy-test-")
+        self.addCleanup(shutil.rmtree, root)
+        for cwd, name, want in (
+                ("/w/b", "../src/a.c", "/w/src/a.c"),
+                ("/w", "dec/../common/c.h", "/w/common/c.h"),
+                ("/w", "x/./y/../../z.h", "/w/z.h"),
+                ("/w", "../../a.c", None), ("/", "../a.c", None),
+                ("/w", "-o", None), ("/w", "@f", None), ("/w", "/a.c", None),
+                ("/w", "a\0.c", None), ("/w", ["a.c"], None)):
+            path = distcc.spelled_path(root, cwd, name)
+            self.assertEqual(path, want and root + want, (cwd, name))
+            if path:
+                self.assertEqual(os.path.realpath(os.path.join(
+                    root + cwd, name)), path)
 
     def test_absolute_names_move_into_the_job_dir_but_system_headers(self):
         root = tempfile.mkdtemp(prefix="distccpy-test-")
@@ -2478,6 +2494,26 @@ class TestWrapper(EndToEnd):
                 "-c", src + "/sub.cc", "-o", self.work + "/obj/sub.o"]
             self.assertSameArtifacts(argv, [] if extra else ["obj/sub.o"])
 
+    def test_names_through_dotdot_keep_their_diagnostics(self):
+        # Meson compiles ../src/x.c from its build dir; Brotli's headers
+        # include "../common/constants.h".  gcc names such files as spelled.
+        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
+                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/dec/use.h", '#include "../inc/warn.h"\n')
+        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
+        self.write("src/dd.cc", '#include "dec/use.h"\n#include "anon.h"\n'
+                   'namespace { struct Anon { int x; }; }\nstruct Holder { '
+                   'Anon a; Hdr h; };\nint f(Holder *h) { return h->a.x + '
+                   'sign(1u, 2); }\n')
+        os.makedirs(os.path.join(self.work, "build"))
+        argv = ["g++", "-Wall", "-Wextra", "-g", "-O1", "-c", "../src/dd.cc",
+                "-o", "dd.o", "-gsplit-dwarf"]
+        self.assertSameArtifacts(argv, ["build/dd.o", "build/dd.dwo"],
+                                 cwd=os.path.join(self.work, "build"))
+        local = self.local(argv, cwd=os.path.join(self.work, "build"))
+        self.assertIn(b"return u < i;", local.stderr)   # quoted via ../
+        self.assertNotIn(b"subobject", local.stderr)
+
     def test_locale_and_colour_match_local(self):
         self.write("src/e.c", ERROR_SOURCE)
         argv = ["gcc", "-Wall", "-c", "src/e.c", "-o", "obj/e.o"]
@@ -3433,20 +3469,26 @@ class TestRealWorld(EndToEnd):
     """A real C library (Brotli, 30+ files) built with make -j."""
 
     # Flag sets for the real-world build: (CFLAGS, side files of each
-    # object, the source directories built, whether the host compiles).
-    # Each object's stderr is compared too.
+    # object, the source directories built, whether the host compiles,
+    # whether make names files by absolute paths, as CMake does).  Each
+    # object's stderr is compared too.
     BROTLI_FLAG_SETS = [
-        ("-O2 -g -MMD", [".d"], ("common", "dec", "enc"), True),
+        ("-O2 -g -MMD", [".d"], ("common", "dec", "enc"), True, False),
         # -O0: the level where expanded text changes the code, and the
         # quickest build; the decoder's 10 files only (the suite's time is
         # bounded).
         ("-O0 -g -gsplit-dwarf -Wp,-MMD,$(@:.o=.wpd) -DBROTLI_BUILD_PORTABLE",
-         [".dwo", ".wpd"], ("common", "dec"), True),
+         [".dwo", ".wpd"], ("common", "dec"), True, False),
         # Debian's (dpkg-buildflags --get CFLAGS, with the build dir's map).
         ("-g -O2 -ffile-prefix-map=$(CURDIR)=. -fstack-protector-strong "
-         "-Wformat -Werror=format-security", [], ("common", "dec"), True),
+         "-Wformat -Werror=format-security", [], ("common", "dec"), True,
+         False),
         # -pedantic compiles here: the host would warn of line markers.
-        ("-O1 -pedantic -Wall -Wextra", [], ("dec",), False),
+        ("-O1 -pedantic -Wall -Wextra", [], ("dec",), False, False),
+        # Warnings that quote project headers (some as dec/../common/...),
+        # every name absolute.
+        ("-O2 -g -Wall -Wextra -Wpadded -Wsign-conversion -Wcast-qual", [],
+         ("common", "dec"), True, True),
     ]
 
     def test_brotli_with_make(self):
@@ -3461,22 +3503,24 @@ class TestRealWorld(EndToEnd):
         shutil.copytree(src, cdir)
         before = self.sshd.auth_count()
         remote = 0
-        for flags, sides, dirs, on_host in self.BROTLI_FLAG_SETS:
+        for flags, sides, dirs, on_host, absolute in self.BROTLI_FLAG_SETS:
             subset = [f for f in files if f.split(os.sep)[0] in dirs]
             with self.subTest(flags=flags):
-                self.build_brotli_both_ways(cdir, subset, flags, sides)
+                self.build_brotli_both_ways(cdir, subset, flags, sides,
+                                            absolute)
             remote += len(subset) if on_host else 0
         self.assertEqual(self.trace().count("compiled on distcc-test"),
                          remote)
         self.assertEqual(self.sshd.auth_count() - before, 1)
 
-    def build_brotli_both_ways(self, cdir, files, flags, sides):
+    def build_brotli_both_ways(self, cdir, files, flags, sides, absolute):
         artifacts = [f[:-2] + ext for f in files
                      for ext in [".o", ".err"] + sides]
         with open(os.path.join(cdir, "Makefile"), "w") as f:
-            f.write("CFLAGS = %s -Iinclude\nall: %s\n%%.o: %%.c\n"
-                    "\t$(CC) $(CFLAGS) -c $< -o $@ 2>$(@:.o=.err)\n"
-                    % (flags, " ".join(f[:-2] + ".o" for f in files)))
+            f.write("P = %s\nCFLAGS = %s -I$(P)include\nall: %s\n%%.o: %%.c"
+                    "\n\t$(CC) $(CFLAGS) -c $(P)$< -o $(P)$@ 2>$(@:.o=.err)\n"
+                    % ("$(CURDIR)/" if absolute else "", flags,
+                       " ".join(f[:-2] + ".o" for f in files)))
         builds = []
         for cc in ("gcc", "%s %s gcc" % (sys.executable, DISTCC_PY)):
             r = run(["make", "-B", "-j8", "CC=" + cc], cwd=cdir, env=self.env)
