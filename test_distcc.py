@@ -450,6 +450,22 @@ int f(int x) {
 }
 """
 
+# A project header whose line a -Wextra warning quotes.
+SIGN_HEADER = """static inline int sign(unsigned u, int i) {
+    return u < i;
+}
+"""
+
+# A type of the main file with a member from an anonymous namespace is
+# fine; in a header it earns -Wsubobject-linkage: the host must know
+# which file is the main one.
+ANON_HEADER = "namespace { struct Hdr { int y; }; }\n"
+SUBOBJECT_SOURCE = """#include "anon.h"
+namespace { struct Anon { int x; }; }
+struct Holder { Anon a; Hdr h; };
+int f(Holder *h) { return h->a.x + h->h.y + 0.5; }
+"""
+
 # ---------------------------------------------------------------------------
 # Framing
 
@@ -2304,14 +2320,10 @@ class TestWrapper(EndToEnd):
                       self.local(argv).stderr)
 
     def test_the_host_compiles_the_text_as_the_main_file(self):
-        # A type of the main file with a member from an anonymous
-        # namespace is fine; in a header it earns -Wsubobject-linkage.
         # The host must know which file is the main one, and still quote
         # the source's lines (a warning, then the same as an error).
-        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
-        self.write("src/sub.cc", '#include "anon.h"\nnamespace { struct '
-                   'Anon { int x; }; }\nstruct Holder { Anon a; Hdr h; };\n'
-                   'int f(Holder *h) { return h->a.x + h->h.y + 0.5; }\n')
+        self.write("src/anon.h", ANON_HEADER)
+        self.write("src/sub.cc", SUBOBJECT_SOURCE)
         for extra in ([], ["-Werror"]):
             argv = ["g++", "-Wall", "-Wconversion", "-g", "-O1"] + extra + [
                 "-c", "src/sub.cc", "-o", "obj/sub.o"]
@@ -2461,8 +2473,7 @@ class TestWrapper(EndToEnd):
             ["gcc", "-Wall", "-c", "src/w.c", "-o", "obj/w.o"], ["obj/w.o"])
 
     def test_diagnostics_in_project_headers_match_local(self):
-        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
-                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/inc/warn.h", SIGN_HEADER)
         self.write("src/h.c", '#include "inc/warn.h"\nint h(void) '
                    '{ return sign(1u, 2); }\n')
         self.assertSameArtifacts(
@@ -2475,8 +2486,7 @@ class TestWrapper(EndToEnd):
         # the host must still quote those files' lines, and know the main
         # file (-Wsubobject-linkage) although its name is absolute.
         src = os.path.join(self.work, "src")
-        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
-                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/inc/warn.h", SIGN_HEADER)
         self.write("src/abs.c", '#include "warn.h"\nint h(void) '
                    '{ int unused; return sign(1u, 2); }\n')
         argv = ["gcc", "-Wall", "-Wextra", "-g", "-O2", "-I" + src + "/inc",
@@ -2485,10 +2495,8 @@ class TestWrapper(EndToEnd):
         local = self.local(argv).stderr
         self.assertIn(b"unused;", local)        # quoted: main file
         self.assertIn(b"return u < i;", local)  # quoted: the header
-        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
-        self.write("src/sub.cc", '#include "anon.h"\nnamespace { struct '
-                   'Anon { int x; }; }\nstruct Holder { Anon a; Hdr h; };\n'
-                   'int f(Holder *h) { return h->a.x + h->h.y + 0.5; }\n')
+        self.write("src/anon.h", ANON_HEADER)
+        self.write("src/sub.cc", SUBOBJECT_SOURCE)
         for extra in ([], ["-Werror"]):
             argv = ["g++", "-Wall", "-Wconversion", "-g", "-O1"] + extra + [
                 "-c", src + "/sub.cc", "-o", self.work + "/obj/sub.o"]
@@ -2497,10 +2505,9 @@ class TestWrapper(EndToEnd):
     def test_names_through_dotdot_keep_their_diagnostics(self):
         # Meson compiles ../src/x.c from its build dir; Brotli's headers
         # include "../common/constants.h".  gcc names such files as spelled.
-        self.write("src/inc/warn.h", "static inline int sign(unsigned u, "
-                   "int i) {\n    return u < i;\n}\n")
+        self.write("src/inc/warn.h", SIGN_HEADER)
         self.write("src/dec/use.h", '#include "../inc/warn.h"\n')
-        self.write("src/anon.h", "namespace { struct Hdr { int y; }; }\n")
+        self.write("src/anon.h", ANON_HEADER)
         self.write("src/dd.cc", '#include "dec/use.h"\n#include "anon.h"\n'
                    'namespace { struct Anon { int x; }; }\nstruct Holder { '
                    'Anon a; Hdr h; };\nint f(Holder *h) { return h->a.x + '
