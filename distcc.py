@@ -1,10 +1,8 @@
 #!/bin/sh
-# Run by sh: start Python on the cached bytecode of this file (compiling
-# 3,000 lines for every compile would cost more than the job's I/O),
-# without site (-S: nothing here needs site-packages, and a site with .pth
-# files can cost 70 ms per start), without the cyclic garbage collector,
-# which the long-lived roles turn back on (see launch()), and with the
-# loader Python has already imported (importlib.machinery costs 1 ms).
+# Run by sh: Python on this file's cached bytecode (compiling 3,000 lines per
+# job costs more than its I/O), -S (nothing needs site-packages, whose .pth
+# files can cost 70 ms), no cyclic GC (the long-lived roles turn it back on)
+# and the loader already imported (importlib.machinery costs 1 ms).
 '''':
 exec "${DISTCC_PYTHON:-python3}" -S -c 'import gc, sys; sys.version_info >= (3, 8) or sys.exit("distcc.py: Python %d.%d is too old: 3.8 or newer is needed; set DISTCC_PYTHON" % sys.version_info[:2]); gc.disable(); import _frozen_importlib_external as fl, os; p = os.path.realpath(sys.argv[1]); sys.pycache_prefix = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "distcc.py"); sys.dont_write_bytecode = False; m = type(sys)("distcc"); m.__file__ = p; sys.modules["distcc"] = m; fl.SourceFileLoader("distcc", p).exec_module(m); m.launch(sys.argv[2:], sys.argv[1])' "$0" "$@" # '''
 __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
@@ -12,9 +10,8 @@ __doc__ = """distcc.py: distribute C and C++ compiles over ssh, in one file.
 One program, three roles, chosen by argv:
 
     wrapper  distcc.py gcc -c foo.c -o foo.o: what the build runs
-    relay    distcc.py --relay, one per host, started by the first wrapper
-             that needs it: it listens on a Unix socket in $DISTCC_DIR and
-             multiplexes the jobs of every wrapper over one ssh session
+    relay    distcc.py --relay, one per host, started by a wrapper: multiplexes
+             the jobs from a Unix socket in $DISTCC_DIR over one ssh session
     server   distcc.py -i, started on the build host by ssh: many jobs over
              one stdin/stdout stream
 
@@ -23,16 +20,14 @@ One job's path:
     wrapper: scan argv -> take a slot of a host -> preprocess here (gcc -E
              -fdirectives-only, which also writes any .d) -> zlib -> JOB
     relay:   -> the same job, renumbered, over the host's ssh session
-    server:  -> check it, write the text into a private temp dir, build the
-             compiler's command itself, compile when a CPU is free -> zlib
-             the object -> RESULT
+    server:  -> check it, build the compiler's command itself, compile in a
+             private temp dir when a CPU is free -> zlib the object -> RESULT
     wrapper: -> write the object to a temp name beside the target, rename
              it into place, print the compiler's output, exit with its status
 
-Anything that goes wrong on the way (ssh, the relay, the host) compiles
-locally instead, unless DISTCC_FALLBACK=0.  A compile error on the host is
-the answer, not a fault.  A job that still waits for a CPU on its host when
-a localhost slot comes free is taken back and compiled here.
+Any fault on the way (ssh, the relay, the host) compiles locally, unless
+DISTCC_FALLBACK=0; a compile error on the host is the answer, not a fault.
+A job still queued on its host is taken back when a localhost slot frees.
 
 The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
 cpus=<n> sandbox=<bwrap or none>", which the client finds even after noise
@@ -46,13 +41,12 @@ from the host's shell start-up files.  Then frames (integers big-endian):
     8      4    body length, at most MAX_FRAME
     12     ...  body
 
-A JOB, RESULT, QUERY or IDENTITY body is a 4-byte length, a metadata object
-and the blobs whose sizes it lists.  ERROR: an object with "kind"
-("transport", "protocol" or "rejected") and "message".  PROGRESS: "state"
-("queue": the job waits for a CPU; "compile") and "cpu", the CPU seconds
-its compiler has used; sent when a job queues, when it starts and every few
-seconds while it runs.  CANCEL (empty): nobody waits for that job; the
-server drops it or kills its compiler, and sends no answer.
+A JOB, RESULT, QUERY or IDENTITY body is a 4-byte length, a metadata object and
+the blobs whose sizes it lists.  ERROR: an object with "kind" ("transport",
+"protocol" or "rejected") and "message".  PROGRESS: "state" ("queue": waiting
+for a CPU, or "compile") and "cpu", its compiler's CPU seconds; sent as a job
+queues, starts, and every few seconds while it runs.  CANCEL (empty): nobody
+waits for the job; the server drops it or kills its compiler, unanswered.
 
 Environment:
 
@@ -87,11 +81,9 @@ import sys
 import time
 import zlib
 
-# The wrapper runs once per compile, so its imports are its start-up cost:
-# the ones above are built into the interpreter (or already loaded by os).
-# Modules that pull in enum or re (json, re, socket, subprocess, signal,
-# shlex, hashlib, random) cost it 5-10 ms each and are imported only where
-# they are needed, never on the wrapper's path.
+# The wrapper's imports cost every compile: those above are built in (or loaded
+# by os); those that pull in enum or re (json, re, socket, subprocess, signal,
+# shlex, hashlib, random) cost 5-10 ms each, so are imported only where needed.
 
 # ---------------------------------------------------------------------------
 # Constants & protocol
@@ -122,8 +114,7 @@ TAKE_BACK_POLL = 0.1                 # a queued job polls for a local slot
 # 4.3x at 17 MB/s, zlib's RLE and Huffman-only strategies 1.8x, no faster.
 COMPRESS_LEVEL = 1
 
-# A compile whose diagnostics quote project headers the host lacks is sent
-# again with those headers, up to these limits.
+# A job is sent again with the missing headers its diagnostics quote, up to:
 MAX_EXTRA_FILES = 32
 MAX_EXTRA_BYTES = 8 * 1024 * 1024
 MAX_SESSION_JOBS = 256               # jobs of one session on a host at once
@@ -151,9 +142,8 @@ DEFAULT_LOCAL_LIMIT = 2               # jobs for "localhost" without /LIMIT
 DEFAULT_BACKOFF_PERIOD = 60.0
 DEFAULT_IO_TIMEOUT = 60.0            # silence from a host with jobs in flight
 DEFAULT_JOB_TIMEOUT = 1800.0         # one job on a host, at most
-# Localhost slots compile at this nice, so that the wrappers and
-# preprocessors feeding the hosts never wait for a CPU (pinned benchmark,
-# median of 6 paired rounds: 21.3 s against 24.2 s at nice 0).
+# Localhost slots yield the CPU to the wrappers and preprocessors feeding the
+# hosts (pinned benchmark, 6 paired rounds' median: 21.3 s; 24.2 s at nice 0).
 LOCAL_SLOT_NICE = 10
 RELAY_RECONNECT_DELAY = 5.0          # a failed connect stands this long
 DEFAULT_REMOTE_COMMAND = "distcc.py"
@@ -161,8 +151,7 @@ CONTROL_PERSIST = "600"              # seconds a master outlives its relay
 SERVER_ALIVE_INTERVAL = "15"
 SOCKET_PATH_LIMIT = 100              # sun_path is 104 (BSD) or 108 bytes
 
-# Locale and colour settings change what the compiler prints; they travel
-# with every job instead of relying on ssh's SendEnv.
+# Locale and colours change compiler output: jobs carry them, not ssh SendEnv.
 FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
                  "GCC_COLORS")
 
@@ -430,10 +419,9 @@ def decompress(data, limit=MAX_FRAME):
 # ---------------------------------------------------------------------------
 # Argument scanning
 #
-# Pure functions that turn a compiler command line into a Job, or raise
-# LocalOnly with the reason it must run here (the wrapper checks the few
-# facts that need the file system), and check_server_args, the server's
-# check of a client's options, here beside the scanner's own lists.
+# Pure functions that turn a compiler command line into a Job or raise
+# LocalOnly with the reason (the wrapper checks what needs the file system);
+# the server's check_server_args checks options by the same lists.
 
 SOURCE_LANGS = {
     ".c": "c", ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".cp": "c++",
@@ -444,8 +432,7 @@ SOURCE_LANGS = {
 DISTRIBUTABLE_LANGS = set(SOURCE_LANGS.values())
 PREPROCESSED_LANGS = {lang for lang in DISTRIBUTABLE_LANGS if "output" in lang}
 
-# Preprocessor options: they run here, and are dropped from the host's
-# command.  Those in the first set take a value, joined or separate.
+# Preprocessor options: they run here, and are dropped from the host's command.
 CPP_OPTIONS_WITH_VALUE = (
     "-D", "-U", "-I", "-MF", "-MT", "-MQ", "-include", "-imacros", "-isystem",
     "-iquote", "-idirafter", "-iprefix", "-iwithprefixbefore", "-iwithprefix",
@@ -463,9 +450,8 @@ OPTIONS_WITH_SEPARATE_VALUE = LINK_OPTIONS_WITH_VALUE | {
     "-Xclang", "-mllvm", "-aux-info", "-arch", "-dumpbase", "-dumpdir",
     "-dumpbase-ext", "-wrapper", "-specs", "-B", "-A", "-G", "-MJ"}
 
-# Options that compile here although remote_refusal lets them pass, or
-# with a clearer reason than it gives (-E, -M and -MM also decide what the
-# local compile writes), with the reason.
+# Compiled here, with the reason: options remote_refusal passes, or refuses
+# less clearly (-E, -M and -MM also set what the local compile writes).
 LOCAL_EXACT = {
     "-E": "-E only preprocesses",
     "-M": "-M only lists dependencies", "-MM": "-MM only lists dependencies",
@@ -474,9 +460,8 @@ LOCAL_EXACT = {
        for native in ("-march=native", "-mtune=native", "-mcpu=native")},
     **dict.fromkeys(("-g3", "-ggdb3"),
                     "-g3 records macros the host would see differently"),
-    # gcc -pedantic complains of the line markers in the text the host
-    # compiles: only -fpreprocessed input may carry them, and that option
-    # would show in the object's DW_AT_producer.
+    # gcc -pedantic warns of the line markers in the host's text; only
+    # -fpreprocessed input may carry them, and it shows in DW_AT_producer.
     **dict.fromkeys(("-pedantic", "-Wpedantic", "-pedantic-errors"),
                     "-pedantic warns about the host's line markers")}
 
@@ -525,9 +510,8 @@ def split_value_option(arg, rest):
 
 
 def scan_args(argv):
-    """Turn a compiler command line into a Job.  Raises LocalOnly with the
-    reason when the compile must run here; the exception's job still names
-    the input and output (for --explain)."""
+    """Turn a compiler command line into a Job.  Raises LocalOnly to compile
+    here; its job still names the input and output (for --explain)."""
     if not argv:
         raise LocalOnly("no compiler given")
     job = Job(argv[0], list(argv))
@@ -691,9 +675,8 @@ def preprocess_argv(job):
 def strip_builtins(text):
     """Return TEXT without gcc's '<built-in>' #define block at its head, as
     a list of buffers (no copy)."""
-    # The host's compiler defines the same built-ins itself and would warn
-    # that they are redefined.  The block follows the line markers that
-    # name the source and (with -g) the working directory.
+    # The host's compiler would warn that its own built-ins are redefined.
+    # The block follows line markers naming the source and (with -g) cwd.
     marker = b'# 0 "<built-in>"\n'
     start = text.find(marker, 0, 8192)
     if start < 0 or any(not line.startswith(b"# ")
@@ -718,8 +701,7 @@ VERSION_CHARS = frozenset("0123456789.")
 
 
 def is_compiler_name(name):
-    """Whether NAME is a compiler's name, as above (no re: main checks
-    every invocation's name)."""
+    """Whether NAME is a compiler's name (no re: main checks every argv[0])."""
     if not isinstance(name, str):
         return False
     parts = name.split("-")
@@ -729,15 +711,13 @@ def is_compiler_name(name):
         all(p and set(p) <= NAME_CHARS for p in parts[:-1])
 
 
-# What may reach a host's compiler: the options that only change code
-# generation, warnings, language and debug info.  An allow-list, shared by
-# the scanner (anything else compiles here) and the server (anything else
-# is refused: a hand-crafted client can send anything).  gcc reads "@name"
-# anywhere as a response file and takes long aliases and unique
-# abbreviations of its options (--prefix= is -B, --for-assembler= is
-# -Xassembler), so no "--" option passes but --param= and --target=, no
-# value may name a path except in the options that only record one, and
-# nothing but these characters passes at all.
+# What may reach a host's compiler: options that only change code generation,
+# warnings, language and debug info; the scanner compiles anything else here,
+# the server refuses it (a hand-crafted client can send anything).  gcc reads
+# "@name" anywhere as a response file and takes long aliases and unique
+# abbreviations of options (--prefix= is -B, --for-assembler= is -Xassembler):
+# so no "--" option passes but --param= and --target=, no value names a path
+# but in options that only record one, and only OPTION_CHARS pass.
 REMOTE_FAMILIES = ("-O", "-g", "-W", "-f", "-m", "-std=", "-stdlib=",
                    "--param=", "--target=")
 REMOTE_EXACT = frozenset(("-ansi", "-w", "-pipe", "-pthread", "-trigraphs",
@@ -749,10 +729,9 @@ REMOTE_PATH_STRINGS = (       # values that are recorded, never opened
     "-ffile-compilation-dir=", "-finstrument-functions-exclude-file-list=",
     "-frandom-seed=")
 OPTION_CHARS = NAME_CHARS | frozenset("-=,+:%")
-# Within those families, what reads or writes files or runs programs
-# (from gcc --help=common,optimizers,warnings,target,c,c++,undocumented
-# and clang's --help-hidden: every option that takes a file, a directory,
-# a plugin or a program) ...
+# Within those families, what reads or writes files or runs programs: every
+# option taking a file, directory, plugin or program in clang's --help-hidden
+# and gcc --help=common,optimizers,warnings,target,c,c++,undocumented ...
 REMOTE_DENIED = (
     "-Wa,", "-Wl,", "-Wp,", "-fplugin", "-fpass-plugin", "-fprofile",
     "-fauto-profile", "-fcs-profile", "-fdump-", "-fcallgraph-info",
@@ -775,8 +754,7 @@ REMOTE_DENIED_BUT = ("-fprofile-update=", "-fprofile-reorder-functions",
                      "-fprofile-partial-training", "-fprofile-abs-path",
                      "-fprofile-prefix-map=", "-fprofile-info-section",
                      "-fprofile-correction")
-# Assembler options a host may pass on with -Wa, (as abbreviates too: only
-# these, as spelled).
+# What -Wa, may pass to a host's assembler (as abbreviates too: as spelled).
 ASSEMBLER_OPTIONS = frozenset((
     "--noexecstack", "--execstack", "-mrelax-relocations=yes",
     "-mrelax-relocations=no", "--compress-debug-sections",
@@ -819,10 +797,8 @@ def check_server_args(args):
 # Hosts
 #
 # DISTCC_HOSTS in distcc's ssh syntax, parsed and chosen from by pure
-# functions; then the slots that limit how many jobs each host gets, and
-# the backoff that leaves a failed host alone for a while.  Slots and
-# backoffs are files in $DISTCC_DIR, so they hold across every wrapper of
-# every build of this user.
+# functions; the slots that limit each host's jobs and the backoff of a failed
+# host, files in $DISTCC_DIR that hold across every wrapper of this user.
 
 
 class Host:
@@ -838,9 +814,8 @@ class Host:
             not spec.startswith("@")  # a slot here, not ssh to localhost
 
     def key(self):
-        """Return a short stable name for this host's relay and files: the
-        host name, and a checksum of user, host and command (zlib's two
-        32-bit checksums; hashlib would cost every wrapper 4 ms)."""
+        """Return a stable name for the host's relay and files: its name,
+        and zlib's checksums of user, host and command (hashlib costs 4 ms)."""
         ident = "%s\0%s\0%s" % (self.user or "", self.hostname,
                                 self.command or DEFAULT_REMOTE_COMMAND)
         if self.hostname == "localhost":
@@ -906,8 +881,7 @@ class HostList(list):
 
 
 def parse_hosts(text):
-    """Parse a whole host list (whitespace, newlines, # comments); raises
-    UsageError naming the first bad token."""
+    """Parse a host list with # comments; raises UsageError at a bad token."""
     hosts = HostList()
     for line in text.splitlines():
         for token in line.split("#", 1)[0].split():
@@ -975,10 +949,9 @@ def try_slot(directory, name):
 
 
 def acquire_slot(config, hosts, queue_name="queue"):
-    """Take a slot of the host in HOSTS with the most free slots.  Blocks
-    until one is free: the wrapper holding the QUEUE_NAME lock polls, the
-    others sleep in flock().  Each pool has its own queue, as a wrapper
-    holding a host slot may queue for a preprocessing slot."""
+    """Take a slot of the host in HOSTS with the most free slots.  Blocks until
+    one is free: QUEUE_NAME's holder polls, the others sleep in flock() (a
+    queue per pool: one holding a host slot may queue for a cpp slot)."""
     directory = os.path.join(config.dir, "slots")
     queue = os.open(os.path.join(directory, queue_name),
                     os.O_RDWR | os.O_CREAT, 0o600)
@@ -994,9 +967,8 @@ def acquire_slot(config, hosts, queue_name="queue"):
 
 
 def take_free_slot(config, directory, hosts):
-    """One look at the slots of HOSTS; return a Slot of the host with the
-    most free slots, or None.  At most one slot file per host stays open
-    while it looks (a host at /1100 must not cost 1100 descriptors)."""
+    """Return a Slot of the host in HOSTS with the most free slots, or None;
+    one slot file per host stays open (/1100 must not cost 1100 fds)."""
     fds = {}                        # host: the first of its free slots
     free = []                       # (host, free slots)
     try:
