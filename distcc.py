@@ -12,8 +12,7 @@ One program, three roles, chosen by argv:
     wrapper  distcc.py gcc -c foo.c -o foo.o: what the build runs
     relay    distcc.py --relay, one per host, started by a wrapper: multiplexes
              the jobs from a Unix socket in $DISTCC_DIR over one ssh session
-    server   distcc.py -i, started on the build host by ssh: many jobs over
-             one stdin/stdout stream
+    server   distcc.py -i, run on the build host by ssh: many jobs over stdio
 
 One job's path:
 
@@ -155,8 +154,7 @@ SOCKET_PATH_LIMIT = 100              # sun_path is 104 (BSD) or 108 bytes
 FORWARDED_ENV = ("LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "LC_MESSAGES",
                  "GCC_COLORS")
 
-# What a forwarded variable may hold: a locale (C, POSIX, ll_CC.charset@mod,
-# a colon list for LANGUAGE) or GCC_COLORS's list; never a path.
+# Forwarded values may be locales or GCC_COLORS's list, never a path.
 LOCALE_PATTERN = (r"(C|POSIX|[a-z]{2,3}(_[A-Z]{2})?)(\.[A-Za-z0-9-]+)?"
                   r"(@[a-z]+)?")
 ENV_PATTERNS = {"LANGUAGE": "%s(:%s)*" % (LOCALE_PATTERN, LOCALE_PATTERN),
@@ -673,8 +671,7 @@ def preprocess_argv(job):
 
 
 def strip_builtins(text):
-    """Return TEXT without gcc's '<built-in>' #define block at its head, as
-    a list of buffers (no copy)."""
+    """Return TEXT minus gcc's leading '<built-in>' #defines, as buffers."""
     # The host's compiler would warn that its own built-ins are redefined.
     # The block follows line markers naming the source and (with -g) cwd.
     marker = b'# 0 "<built-in>"\n'
@@ -692,8 +689,7 @@ def strip_builtins(text):
     return [view[:start], view[pos:]]
 
 
-# Compiler names a server runs and masquerade links answer to, with a
-# target prefix (x86_64-linux-gnu-) and a version suffix (-12) allowed.
+# Compilers a server runs and links answer to, x86_64-linux-gnu-gcc-12 too.
 COMPILER_BASENAMES = ("gcc", "g++", "cc", "c++", "clang", "clang++")
 NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                        "0123456789_.")
@@ -724,10 +720,9 @@ REMOTE_EXACT = frozenset(("-ansi", "-w", "-pipe", "-pthread", "-trigraphs",
                           "-Qn", "-Qy", "-Qunused-arguments"))
 REMOTE_PATH_STRINGS = (       # values that are recorded, never opened
     "-ffile-prefix-map=", "-fdebug-prefix-map=", "-fmacro-prefix-map=",
-    "-fprofile-prefix-map=", "-fcoverage-prefix-map=",
+    "-fprofile-prefix-map=", "-fcoverage-prefix-map=", "-frandom-seed=",
     "-fdebug-compilation-dir=", "-fcoverage-compilation-dir=",
-    "-ffile-compilation-dir=", "-finstrument-functions-exclude-file-list=",
-    "-frandom-seed=")
+    "-ffile-compilation-dir=", "-finstrument-functions-exclude-file-list=")
 OPTION_CHARS = NAME_CHARS | frozenset("-=,+:%")
 # Within those families, what reads or writes files or runs programs: every
 # option taking a file, directory, plugin or program in clang's --help-hidden
@@ -874,7 +869,6 @@ def parse_host(token):
 
 class HostList(list):
     """The parsed host list and its --options."""
-
     randomize = False          # --randomize: shuffle before choosing
     cpp_slots = None           # --localslots_cpp=N: concurrent preprocessors
     local_slots = None         # --localslots=N: concurrent local compiles
@@ -905,9 +899,8 @@ def parse_hosts(text):
 
 def slot_limit(host, reported=None):
     """How many of our jobs HOST may run at once (REPORTED: its CPUs)."""
-    # The extra job waits there with its text for the first free CPU:
-    # pinned to one CPU, Brotli built in 17.9 s with 2 jobs sent to that
-    # host and 21.9 s with 1 (medians of 5 paired builds).
+    # The extra job waits there with its text for a free CPU: a one-CPU host
+    # built Brotli in 17.9 s with 2 jobs, 21.9 s with 1 (medians of 5 pairs).
     if host.limit or host.is_local:
         return host.limit or DEFAULT_LOCAL_LIMIT
     return reported + 1 if reported else DEFAULT_HOST_LIMIT
@@ -1028,9 +1021,8 @@ def backoff_path(config, host):
 
 
 def backed_off(config, host, probes):
-    """Whether HOST is backed off now.  When its period is over, the first
-    wrapper to ask takes the probe (HOST is added to PROBES) and is told no;
-    the others wait for the probe's verdict."""
+    """Whether HOST is backed off.  Past its period, the first wrapper to ask
+    takes the probe (into PROBES) and is told no; others await its verdict."""
     path = backoff_path(config, host)
     try:
         st = os.stat(path)
