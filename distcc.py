@@ -28,9 +28,8 @@ Any fault on the way (ssh, the relay, the host) compiles locally, unless
 DISTCC_FALLBACK=0; a compile error on the host is the answer, not a fault.
 A job still queued on its host is taken back when a localhost slot frees.
 
-The server speaks first: one banner line, "DISTCC.PY <protocol> <version>
-cpus=<n> sandbox=<bwrap or none>", which the client finds even after noise
-from the host's shell start-up files.  Then frames (integers big-endian):
+The server speaks first: a banner "DISTCC.PY <protocol> <version> cpus=<n>
+sandbox=<bwrap or none>", found past any shell noise; then frames (big-endian):
 
     offset size field
     0      2    magic b"DP"
