@@ -1468,11 +1468,10 @@ def prepare_with_cpp_slot(config, hosts, job, state):
         state.set_phase("preprocess")
         started = time.monotonic()
         prepared = prepare_job(job, config.save_temps)
-        state.record["preprocess_ms"] = round(
-            (time.monotonic() - started) * 1000)
-        return prepared
     finally:
         slot.release()
+    state.record["preprocess_ms"] = round((time.monotonic() - started) * 1000)
+    return prepared
 
 
 def prepare_job(job, save_temps=False):
@@ -1740,6 +1739,9 @@ def send_job(config, host, parts, state, local_hosts=()):
     s = connect_relay(config, host)
     try:
         silence = config.connect_timeout + config.io_timeout
+        silent = TransportError("the relay said nothing for %d s" % silence,
+                                "is it stopped? distcc.py --stop ends it, "
+                                "and the next job starts one")
         s.settimeout(silence)
         try:
             for part in [frame_parts(JOB, 0, parts)] + parts:
@@ -1760,7 +1762,7 @@ def send_job(config, host, parts, state, local_hosts=()):
                 try:
                     frame = read_frame(SocketReader(s))
                 except _socket.timeout:
-                    raise relay_silent(silence)
+                    raise silent
                 except (OSError, ProtocolError) as e:
                     raise RelayLost("relay connection failed: %s" % e)
                 if frame is None:
@@ -1784,7 +1786,7 @@ def send_job(config, host, parts, state, local_hosts=()):
                         (cpu is None or used > cpu):
                     cpu, moved = used, now
             elif now - heard > silence:
-                raise relay_silent(silence)
+                raise silent
             if phase == "compile" and cpu is not None and \
                     now - moved > config.io_timeout:
                 raise TransportError(
@@ -1801,13 +1803,6 @@ def send_job(config, host, parts, state, local_hosts=()):
                     return None, slot   # closing s cancels the host's job
     finally:
         s.close()
-
-
-def relay_silent(seconds):
-    """The error for a relay that has said nothing for SECONDS."""
-    return TransportError("the relay said nothing for %d s" % seconds,
-                          "is it stopped? distcc.py --stop ends it, and the "
-                          "next job starts one")
 
 
 class SocketReader:
@@ -1846,15 +1841,12 @@ def collect_extra_files(names, packed):
     return extra
 
 
-# Tab, newline and the bytes that are not control characters.
-PLAIN_BYTES = bytes([9, 10, *range(32, 127), *range(128, 256)])
-
-
 def clean_output(data):
     """Return a host compiler's output DATA with every control character
     but tab, newline and colour (SGR, and EL as gcc uses it) made "?"."""
     # A host may send anything to a terminal.
-    if not bytes(data).translate(None, PLAIN_BYTES):
+    plain = bytes([9, 10, *range(32, 127), *range(128, 256)])
+    if not bytes(data).translate(None, plain):
         return data
     import re
     return re.sub(rb"\x1b\[[0-9;]*[mK]|[\x00-\x1f\x7f]", lambda m: m.group()
@@ -1913,6 +1905,7 @@ class JobState:
         # As the command line spells it, minus what would break the line.
         self.source = source.replace("\t", " ").replace("\n", " ")
         self.started = time.time()
+        self.path = os.path.join(directory, "jobs", str(os.getpid()))
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
         self.record = dict.fromkeys(STATS_FIELDS, 0)  # the line for stats
@@ -1924,9 +1917,8 @@ class JobState:
         line = text.encode("utf-8", "surrogateescape")
         try:
             if self.fd is None:
-                self.fd = os.open(job_state_path(self.directory, os.getpid()),
-                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                                  os.O_NOFOLLOW, 0o600)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT |
+                                  os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             os.pwrite(self.fd, line, 0)
             os.ftruncate(self.fd, len(line))
         except OSError:
@@ -1956,13 +1948,9 @@ class JobState:
             os.close(self.fd)
             self.fd = None
             try:
-                os.unlink(job_state_path(self.directory, os.getpid()))
+                os.unlink(self.path)
             except OSError:
                 pass  # already swept as stale by a reader
-
-
-def job_state_path(directory, pid):
-    return os.path.join(directory, "jobs", str(pid))
 
 
 def summarize_if_idle(config):
