@@ -1299,8 +1299,7 @@ def check_job_files(job):
     except OSError:
         return
     if not stat.S_ISREG(st.st_mode):
-        # /dev/null, a FIFO: the local compiler writes into it; a rename
-        # would replace it.
+        # /dev/null, a FIFO: a rename would replace it, not write into it.
         raise LocalOnly("output %s is not a regular file" % job.output, job)
     if os.path.samefile(job.source, job.output):
         raise LocalOnly("output %s is the source" % job.output, job)
@@ -1346,11 +1345,10 @@ def split_response_text(text):
 
 
 def compile_distributed(config, job, hosts, state):
-    """Compile JOB on the best host of HOSTS (or here, in a localhost
-    slot), trying the next after a fault; record the outcome in STATE and
-    return the status.  Raises LocalOnly to compile here, or the last
-    fault with DISTCC_FALLBACK=0 (or, after a failed attempt,
-    DISTCC_SKIP_LOCAL_RETRY=1)."""
+    """Compile JOB on the best host of HOSTS, the next after a fault, or
+    here in a localhost slot; record the outcome in STATE, return the
+    status.  Raises LocalOnly to compile here, or the last fault with
+    DISTCC_FALLBACK=0 (or DISTCC_SKIP_LOCAL_RETRY=1 after a lost host)."""
     if hosts.randomize:
         import random
         random.shuffle(hosts)       # in place: it keeps its --options
@@ -1379,7 +1377,6 @@ def compile_distributed(config, job, hosts, state):
                 if local is None:
                     state.finish("remote", host=host.hostname)
                     return status
-                # Taken back from the host's queue: compile in LOCAL.
                 slot.release()
                 slot, reason = local, "taken back from %s" % host.hostname
             state.set_phase("local", "localhost")
@@ -1431,11 +1428,10 @@ def prepare_with_cpp_slot(config, hosts, job, state):
         state.set_phase("preprocess")
         started = time.monotonic()
         prepared = prepare_job(job, config.save_temps)
-        state.record["preprocess_ms"] = round(
-            (time.monotonic() - started) * 1000)
-        return prepared
     finally:
         slot.release()
+    state.record["preprocess_ms"] = round((time.monotonic() - started) * 1000)
+    return prepared
 
 
 def prepare_job(job, save_temps=False):
@@ -1457,7 +1453,6 @@ def prepare_job(job, save_temps=False):
         except OSError as e:        # E2BIG from an @file, say
             raise LocalOnly("cannot preprocess: %s" % e.strerror)
         if status != 0:
-            # The local compile prints the full story; let it.
             raise LocalOnly("preprocessing failed")
         parts = strip_builtins(text)
         if family == "gcc":
@@ -1479,16 +1474,13 @@ def prepare_job(job, save_temps=False):
 
 def restore_defines(text):
     """Return the parts of gcc's -fdirectives-only TEXT with each #define
-    as its file spells it.
+    as its file spells it, where its lines fit.
 
-    gcc prints a #define in a canonical form (no space after a parameter
-    comma, continuations joined, comments dropped) and then as many empty
-    lines as it took: every location in a macro body moves (a warning's
-    column through a macro, -g line tables).  The line markers say which
-    file and line each #define came from, so the original lines replace
-    it, line for line.  A #define whose lines do not fit stays as it is,
-    and so do those of system headers (flag 3): there are thousands, and
-    gcc says nothing about their insides."""
+    gcc prints a #define canonically (no space after a parameter comma,
+    continuations joined, comments dropped), padded with empty lines to the
+    lines it took: locations in a macro body move (a warning's column, -g
+    line tables).  The line markers name each one's file and line; those of
+    system headers (flag 3) stay: thousands, and gcc is quiet about them."""
     out, files = [], {}
     name, line = None, 0           # file and line of the line at START
     start = done = 0
@@ -1517,9 +1509,8 @@ def restore_defines(text):
                 out += [text[done:start], spelled.rstrip(b"\n") + b"\n"]
                 done = end + n
                 end = done - 1
-        # On to the next directive (the next line marker, in a system
-        # header): a "#" at the start of a line, found with memchr's speed
-        # (a 2-byte search is 10 times slower); the lines between count.
+        # The next "#" starting a line (only a marker, in a system header):
+        # find() of 1 byte runs at memchr's speed, of 2 bytes 10 times slower.
         nxt = end
         while True:
             nxt = text.find(b"#", nxt + 1)
@@ -1560,8 +1551,7 @@ def macro_name(line):
 
 def run_captured(path, argv):
     """Run PATH with ARGV, stdin /dev/null; return (stdout, stderr, status)."""
-    # posix_spawn, not subprocess: importing subprocess would cost the
-    # wrapper 10 ms per compile.
+    # posix_spawn: importing subprocess costs the wrapper 10 ms a compile.
     (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
     child = (os.open(os.devnull, os.O_RDONLY), out_w, err_w)  # fds 0, 1, 2
     output = {out_r: [], err_r: []}
@@ -1635,8 +1625,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
     result, got = unpack_body(body, MARSHAL)
     extra = collect_extra_files(result.get("missing"), blobs[0])
     if extra:
-        # gcc on the host quoted lines of headers it does not have; send
-        # them so the diagnostics come out as a local compile prints them.
+        # gcc there quoted headers it lacks; with them its output matches ours.
         trace("resend %s with %d headers for diagnostics"
               % (job.source, len(extra)))
         meta["extra"] = [name for name, _ in extra]
@@ -1649,9 +1638,8 @@ def compile_remote(config, job, hosts, host, prepared, state):
             len(got) != 2 + len(outputs):
         raise ProtocolError("malformed RESULT")
     if b"-Wformat" in bytes(got[1]):
-        # gcc points into a format string only in input without line
-        # markers ("seen line directive" in its input.c): let the local
-        # compile print the warning with its "defined here" note.
+        # gcc points into a format string (the "defined here" note) only
+        # in input without line markers (input.c, "seen line directive").
         raise LocalOnly("a -Wformat warning: its notes need the source")
     if config.save_temps and isinstance(result.get("temps"), str):
         warn("DISTCC_SAVE_TEMPS: the job's files are kept in %s:%s" % (
@@ -1680,8 +1668,7 @@ def compile_remote(config, job, hosts, host, prepared, state):
             try:
                 write_output(paths[name], data)
             except OSError as e:
-                # A read-only directory, a full disk: the local compiler
-                # meets it too, and says so as the build expects.
+                # A read-only or full disk: the local compiler reports it.
                 raise LocalOnly("cannot write %s: %s" % (paths[name],
                                                          e.strerror))
     sys.stderr.buffer.write(cpp_err)
@@ -1695,14 +1682,15 @@ def compile_remote(config, job, hosts, host, prepared, state):
 def send_job(config, host, parts, state, local_hosts=()):
     """Send a JOB (body PARTS) to HOST through its relay and wait; return
     (RESULT body, None), or (None, a Slot of LOCAL_HOSTS) when taken back.
-    Raises TransportError when the relay is silent for the connect and I/O
-    timeouts together, the host's compiler uses no CPU for
-    DISTCC_IO_TIMEOUT or the job outlives DISTCC_JOB_TIMEOUT; RelayLost,
-    ProtocolError or Rejected as the relay or host says."""
+    Raises TransportError (silent relay, idle compiler, job timeout),
+    RelayLost, ProtocolError or Rejected (what the relay or host says)."""
     slots = os.path.join(config.dir, "slots")
     s = connect_relay(config, host)
     try:
         silence = config.connect_timeout + config.io_timeout
+        silent = TransportError("the relay said nothing for %d s" % silence,
+                                "is it stopped? distcc.py --stop ends it, "
+                                "and the next job starts one")
         s.settimeout(silence)
         try:
             for part in [frame_parts(JOB, 0, parts)] + parts:
@@ -1723,7 +1711,7 @@ def send_job(config, host, parts, state, local_hosts=()):
                 try:
                     frame = read_frame(SocketReader(s))
                 except _socket.timeout:
-                    raise relay_silent(silence)
+                    raise silent
                 except (OSError, ProtocolError) as e:
                     raise RelayLost("relay connection failed: %s" % e)
                 if frame is None:
@@ -1747,7 +1735,7 @@ def send_job(config, host, parts, state, local_hosts=()):
                         (cpu is None or used > cpu):
                     cpu, moved = used, now
             elif now - heard > silence:
-                raise relay_silent(silence)
+                raise silent
             if phase == "compile" and cpu is not None and \
                     now - moved > config.io_timeout:
                 raise TransportError(
@@ -1766,28 +1754,19 @@ def send_job(config, host, parts, state, local_hosts=()):
         s.close()
 
 
-def relay_silent(seconds):
-    """The error for a relay that has said nothing for SECONDS."""
-    return TransportError("the relay said nothing for %d s" % seconds,
-                          "is it stopped? distcc.py --stop ends it, and the "
-                          "next job starts one")
-
-
 class SocketReader:
-    """What read_frame needs of a file, over a socket with a timeout (a
-    file object on the socket's descriptor would ignore the timeout)."""
+    """A socket as read_frame's file, timeout kept (fdopen's would lose it)."""
 
     def __init__(self, sock):
         self.read = sock.recv
 
 
 def collect_extra_files(names, packed):
-    """Return [(name, compressed contents)] of the local files NAMES (a
-    server's 'missing' list), within the limits; [] if there are none."""
+    """Return [(name, compressed contents)] of the files NAMES (a server's
+    'missing' list) that the job's text PACKED included, within limits."""
     if not isinstance(names, list) or not names:
         return []
-    # A host may ask for anything: read only files that the job's text,
-    # PACKED, included (its line markers name them).
+    # A host may ask for anything; the line markers name what was included.
     import re
     included = set(re.findall(rb'(?m)^# [0-9]+ "([^"]*)"',
                               zlib.decompress(packed)))
@@ -1809,15 +1788,12 @@ def collect_extra_files(names, packed):
     return extra
 
 
-# Tab, newline and the bytes that are not control characters.
-PLAIN_BYTES = bytes([9, 10, *range(32, 127), *range(128, 256)])
-
-
 def clean_output(data):
     """Return a host compiler's output DATA with every control character
     but tab, newline and colour (SGR, and EL as gcc uses it) made "?"."""
     # A host may send anything to a terminal.
-    if not bytes(data).translate(None, PLAIN_BYTES):
+    plain = bytes([9, 10, *range(32, 127), *range(128, 256)])
+    if not bytes(data).translate(None, plain):
         return data
     import re
     return re.sub(rb"\x1b\[[0-9;]*[mK]|[\x00-\x1f\x7f]", lambda m: m.group()
@@ -1848,8 +1824,7 @@ def run_local(argv):
         path = find_program(argv[0])
         if path is None:
             raise FileNotFoundError(errno.ENOENT, "not found")
-        # Before the spawn, so the compiler starts at that priority: this
-        # wrapper only waits for it and then records the job.
+        # The compiler inherits the nice; this wrapper only waits for it.
         os.nice(LOCAL_SLOT_NICE)
         pid = os.posix_spawn(path, argv, os.environ)
         return exit_status(os.waitpid(pid, 0)[1])
@@ -1876,6 +1851,7 @@ class JobState:
         # As the command line spells it, minus what would break the line.
         self.source = source.replace("\t", " ").replace("\n", " ")
         self.started = time.time()
+        self.path = os.path.join(directory, "jobs", str(os.getpid()))
         self.fd = None                  # the open jobs/PID file, if any
         self.done = False               # finish() has run
         self.record = dict.fromkeys(STATS_FIELDS, 0)  # the line for stats
@@ -1887,9 +1863,8 @@ class JobState:
         line = text.encode("utf-8", "surrogateescape")
         try:
             if self.fd is None:
-                self.fd = os.open(job_state_path(self.directory, os.getpid()),
-                                  os.O_WRONLY | os.O_CREAT | os.O_TRUNC |
-                                  os.O_NOFOLLOW, 0o600)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT |
+                                  os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             os.pwrite(self.fd, line, 0)
             os.ftruncate(self.fd, len(line))
         except OSError:
@@ -1901,8 +1876,7 @@ class JobState:
         self.record.update(time=round(time.time(), 3), outcome=outcome,
                            host=host, reason=" ".join(str(reason).split()))
         line = "\t".join(str(self.record[k]) for k in STATS_FIELDS) + "\n"
-        # One write, so that lines of concurrent wrappers never interleave;
-        # past STATS_LIMIT the file becomes stats.old.
+        # One write, so that lines of concurrent wrappers never interleave.
         path = os.path.join(self.directory, "stats")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT |
@@ -1919,13 +1893,9 @@ class JobState:
             os.close(self.fd)
             self.fd = None
             try:
-                os.unlink(job_state_path(self.directory, os.getpid()))
+                os.unlink(self.path)
             except OSError:
                 pass  # already swept as stale by a reader
-
-
-def job_state_path(directory, pid):
-    return os.path.join(directory, "jobs", str(pid))
 
 
 def summarize_if_idle(config):

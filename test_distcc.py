@@ -1621,7 +1621,7 @@ class TestJobState(unittest.TestCase):
     def test_lines_of_dead_wrappers_are_swept(self):
         child = subprocess.Popen([sys.executable, "-c", "pass"])
         child.wait()
-        path = distcc.job_state_path(self.dir, child.pid)
+        path = os.path.join(self.dir, "jobs", str(child.pid))
         with open(path, "w") as f:
             f.write("compile   \t1.0\tbox\tgone.c\n")
         self.assertEqual(distcc.read_job_states(self.dir), [])
