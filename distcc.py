@@ -2651,14 +2651,13 @@ def noise_note(seen):
 # ---------------------------------------------------------------------------
 # Server (-i)
 #
-# The stdio loop that runs compilers for a client.  Each JOB gets a private
-# temp dir that mirrors the client's paths, so the object records the
-# client's names (prefix maps remove the temp dir from debug info).  Runs
-# only compilers, only on text the client preprocessed, in a regular file;
-# every rejection is an ERROR frame.  As many jobs compile at once as it
-# has CPUs (taskset and cpusets count), the rest wait in order: sharing a
-# CPU makes a long job late (a pinned Brotli build, one CPU, two jobs:
-# 21.5 s; in turn 17.9 s; medians of 5 paired builds).
+# The stdio loop that runs compilers for a client.  Each JOB gets a temp dir
+# that mirrors the client's paths, so the object records the client's names
+# (prefix maps remove the temp dir from debug info).  Runs only compilers,
+# on text the client preprocessed, in a regular file; every rejection is an
+# ERROR frame.  As many jobs compile at once as it has CPUs, the rest wait
+# in order: sharing a CPU makes a long job late (pinned Brotli build, one
+# CPU, two jobs: 21.5 s; in turn 17.9 s; medians of 5 paired builds).
 
 
 def confined_path(root, cwd, name):
@@ -3009,8 +3008,7 @@ def compile_job(body, leftovers, control):
         ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
     if meta.get("color"):
         argv.insert(1, "-fdiagnostics-color=always")
-    child_env = {k: v for k, v in os.environ.items()
-                 if k not in FORWARDED_ENV}
+    child_env = {k: v for k, v in os.environ.items() if k not in FORWARDED_ENV}
     # Its temp files (.s) in the job dir: a killed one leaves nothing.
     child_env.update(env, PWD=work, TMPDIR=root)
     started = time.monotonic()
@@ -3196,7 +3194,7 @@ def server_main():
     os.dup2(devnull, 0)
     os.close(devnull)
     try:
-        cpus = len(os.sched_getaffinity(0)) or 1    # taskset, cpusets
+        cpus = len(os.sched_getaffinity(0)) or 1    # taskset, cpusets count
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus, "bwrap"
