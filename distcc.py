@@ -2584,14 +2584,13 @@ def noise_note(seen):
 # ---------------------------------------------------------------------------
 # Server (-i)
 #
-# The stdio loop that runs compilers for a client.  Each JOB gets a private
-# temp dir that mirrors the client's paths, so the object records the
-# client's names (prefix maps remove the temp dir from debug info).  Runs
-# only compilers, only on text the client preprocessed, in a regular file;
-# every rejection is an ERROR frame.  As many jobs compile at once as it
-# has CPUs (taskset and cpusets count), the rest wait in order: sharing a
-# CPU makes a long job late (a pinned Brotli build, one CPU, two jobs:
-# 21.5 s; in turn 17.9 s; medians of 5 paired builds).
+# The stdio loop that runs compilers for a client.  Each JOB gets a temp dir
+# that mirrors the client's paths, so the object records the client's names
+# (prefix maps remove the temp dir from debug info).  Runs only compilers,
+# on text the client preprocessed, in a regular file; every rejection is an
+# ERROR frame.  As many jobs compile at once as it has CPUs, the rest wait
+# in order: sharing a CPU makes a long job late (pinned Brotli build, one
+# CPU, two jobs: 21.5 s; in turn 17.9 s; medians of 5 paired builds).
 
 
 def confined_path(root, cwd, name):
@@ -2600,8 +2599,6 @@ def confined_path(root, cwd, name):
     if not isinstance(name, str) or not name or "\0" in name:
         raise Rejected("bad path %r" % (name,))
     full = os.path.normpath(os.path.join(cwd, name))
-    if not full.startswith("/"):
-        raise Rejected("path %r is not absolute on the client" % full)
     path = os.path.normpath(root + full)
     if path != root and not path.startswith(root + "/"):
         raise Rejected("path %r escapes the job directory" % name)
@@ -2609,11 +2606,9 @@ def confined_path(root, cwd, name):
 
 
 def spelled_path(root, cwd, name):
-    """Return where the client's relative file NAME goes in the job dir
-    ROOT if gcc may be given NAME as spelled (no option, no @file), having
-    made the directories the kernel walks through for its "..", as on the
-    client (Meson's ../src/a.c, Brotli's dec/../common/constants.h);
-    None if it climbs above the client's /."""
+    """Return where relative NAME goes in job dir ROOT if gcc may take it as
+    spelled, else None; makes the dirs its ".." walks through, as on the
+    client (Meson's ../src/a.c, Brotli's dec/../common/constants.h)."""
     if not isinstance(name, str) or not name or not set(name).isdisjoint(
             "\0\n") or name.startswith(("/", "-", "@")):
         return None
@@ -2657,14 +2652,6 @@ def compiler_identity(path):
     lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
     return "\n".join(line.strip() for line in lines if re.search(
         r"^Target: |\b(gcc|clang) version ", line)) or "unknown"
-
-
-def usable_cpus():
-    """How many CPUs this process may run on: its affinity, else all."""
-    try:
-        return len(os.sched_getaffinity(0)) or 1
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class Turns:
@@ -2814,35 +2801,31 @@ class Server:
 
 
 class JobControl:
-    """What the reader and heartbeat know of a job: its state, its
-    compiler's process group (own session) while it runs, any CANCEL."""
+    """What the reader and heartbeat know of a job, and any CANCEL."""
 
     def __init__(self):
         import threading
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # cancel() calls running()
         self.state = "queue"          # or "compile", once its turn came
         self.group = None             # the compiler's pid, while it runs
         self.cancelled = False
 
     def running(self, pid):
-        """Note the compiler's PID, or None once it has ended."""
+        """Note the compiler's PID (None once ended); kill it if cancelled."""
+        import signal
         with self.lock:
             self.group = pid
-            self.kill_if_cancelled()
+            if self.cancelled and pid is not None:
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except OSError:
+                    pass  # it has just ended by itself
 
     def cancel(self):
         """Nobody waits for the job: stop it, and let it send nothing."""
         with self.lock:
             self.cancelled = True
-            self.kill_if_cancelled()
-
-    def kill_if_cancelled(self):
-        import signal
-        if self.cancelled and self.group is not None:
-            try:
-                os.killpg(self.group, signal.SIGKILL)
-            except OSError:
-                pass  # it has just ended by itself
+            self.running(self.group)
 
 
 def progress_body(control, used=None):
@@ -2928,10 +2911,9 @@ def compile_job(body, leftovers, control):
                 f.write(data)
         except FileExistsError:
             pass  # the same file by another spelling (a/../b.h and b.h)
-    # gcc must read the text as the main file itself (else
-    # -Wsubobject-linkage takes the source's types for a header's), and
-    # re-read the original by that name to quote it in diagnostics: a
-    # FIFO there, which feed_main_file replaces with the original.
+    # gcc must read the text as the main file (else -Wsubobject-linkage
+    # takes the source's types for a header's), from a FIFO that
+    # feed_main_file replaces with the original that diagnostics quote.
     feed = meta.get("family") == "gcc" and lang not in PREPROCESSED_LANGS
     if feed:
         source_text = rebase_markers(source_text, root)
@@ -2959,8 +2941,7 @@ def compile_job(body, leftovers, control):
         ["-x", lang] if lang else []) + [input_arg, "-o", output_arg]
     if meta.get("color"):
         argv.insert(1, "-fdiagnostics-color=always")
-    child_env = {k: v for k, v in os.environ.items()
-                 if k not in FORWARDED_ENV}
+    child_env = {k: v for k, v in os.environ.items() if k not in FORWARDED_ENV}
     # Its temp files (.s) in the job dir: a killed one leaves nothing.
     child_env.update(env, PWD=work, TMPDIR=root)
     started = time.monotonic()
@@ -3003,10 +2984,9 @@ def compile_job(body, leftovers, control):
 
 
 def feed_main_file(proc, path, text, original):
-    """Write TEXT into the FIFO at PATH once PROC's compiler has opened it,
-    and rename ORIGINAL over PATH before the text ends: when the compiler
-    re-reads its main file to quote a line, it finds the original, never
-    the FIFO (whose second open would wait for ever)."""
+    """Write TEXT into the FIFO at PATH once PROC's compiler opens it; then
+    rename ORIGINAL over PATH before EOF: gcc re-reads its main file to
+    quote a line, and a second open of the FIFO would wait for ever."""
     while True:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
@@ -3028,9 +3008,8 @@ def feed_main_file(proc, path, text, original):
 
 
 def missing_sources(stderr, work, root):
-    """Return the client's files that diagnostics in STDERR quote but that
-    are not in the job dir ROOT (gcc then prints no source line): relative
-    to WORK, or absolute ones that rebase_markers moved into ROOT."""
+    """Return the files STDERR's diagnostics quote that job dir ROOT lacks
+    (gcc prints no source line): relative to WORK, or rebased into ROOT."""
     import re
     plain = re.sub(rb"\x1b\[[0-9;]*[mK]", b"", stderr)      # colours off
     names = {m.group(1).decode("utf-8", "surrogateescape") for m in
@@ -3043,10 +3022,9 @@ def missing_sources(stderr, work, root):
 
 
 def rebase_markers(text, root):
-    """Return TEXT with the absolute file names in its line markers moved
-    into the job dir ROOT, but for system headers' (flag 3), which the
-    host has: gcc then finds the main file by the name its marker gives,
-    and the files diagnostics quote where the resend puts them."""
+    """Return TEXT with its line markers' absolute names moved into job dir
+    ROOT, but system headers' (flag 3: the host has them), so that gcc finds
+    the main file by its marker's name, and quoted files where resent."""
     import re
     # After a newline, not (?m)^: re then skips to each "\n# " at memchr's
     # speed (2 ms a megabyte, not 5).
@@ -3056,7 +3034,6 @@ def rebase_markers(text, root):
 
 
 def moved_map(arg, root):
-    """Return ARG, or, if a prefix map of an absolute path, moved to ROOT."""
     name, _, value = arg.partition("=")
     if name in ("-ffile-prefix-map", "-fdebug-prefix-map",
                 "-fmacro-prefix-map") and value.startswith("/"):
@@ -3124,8 +3101,7 @@ def run_sandboxed():
             return None             # no user namespaces here, say
         import signal
         proc = subprocess.Popen(argv)
-        # sshd hangs up on a session whose client died: end the sandbox,
-        # then remove its directory.
+        # sshd hangs up when the client dies: end the sandbox, remove tmp.
         for sig in (signal.SIGHUP, signal.SIGTERM):
             signal.signal(sig, lambda *_: proc.kill())
         return proc.wait()
@@ -3150,7 +3126,10 @@ def server_main():
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    cpus = usable_cpus()
+    try:
+        cpus = len(os.sched_getaffinity(0)) or 1    # taskset, cpusets count
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
     writer.write((BANNER_FORMAT % (PROTOCOL, VERSION, cpus, "bwrap"
                                    if sandboxed else "none")).encode())
     writer.flush()
@@ -3331,8 +3310,7 @@ def read_stats(directory, offset=None):
 
 
 def read_job_states(directory):
-    """Return the jobs in flight as dicts (pid, phase, started, host,
-    source), oldest first; lines of wrappers that died are removed."""
+    """Return the jobs in flight, oldest first; drop dead wrappers' lines."""
     folder, jobs = os.path.join(directory, "jobs"), []
     try:
         names = os.listdir(folder)
