@@ -2088,8 +2088,22 @@ def start_relay(config, host, sock_path, lock_path):
             ENV_DIR: config.dir, ENV_SSH: shlex.join(absolute_ssh(ssh))})
         if Log.path:
             env[ENV_LOG] = os.path.abspath(Log.path)
+        # We hold the lock, so no live relay owns a socket found here.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(sock_path) == 0:
+                raise TransportError("a relay answers on %s without holding "
+                                     "its lock" % sock_path)
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass  # nothing stale to remove
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            bind_listener(listener, sock_path)
+            old = os.umask(0o177)
+            try:
+                listener.bind(sock_path)
+            finally:
+                os.umask(old)
+            listener.listen(128)
             fds = (listener.fileno(), fd)
             null = subprocess.DEVNULL
             # Until the relay forks (relay_main): no zombie is left, nor a
@@ -2100,26 +2114,6 @@ def start_relay(config, host, sock_path, lock_path):
                             env=env, pass_fds=fds, start_new_session=True)
     finally:
         os.close(fd)
-
-
-def bind_listener(listener, sock_path):
-    """Bind LISTENER to SOCK_PATH (mode 0600) and listen, replacing a stale
-    socket.  The caller holds the relay lock, so no live relay owns it."""
-    import socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        if probe.connect_ex(sock_path) == 0:
-            raise TransportError("a relay answers on %s without holding its "
-                                 "lock" % sock_path)
-    try:
-        os.unlink(sock_path)
-    except FileNotFoundError:
-        pass  # nothing stale to remove
-    old = os.umask(0o177)
-    try:
-        listener.bind(sock_path)
-    finally:
-        os.umask(old)
-    listener.listen(128)
 
 
 def absolute_ssh(argv):
