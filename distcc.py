@@ -1994,15 +1994,13 @@ def summarize_if_idle(config):
 # $DISTCC_DIR, detaches, and multiplexes every wrapper's JOB (renumbered),
 # the host's PROGRESS and its answer over one ssh session; a wrapper that
 # hangs up has its job CANCELled.  If ssh dies, the jobs in flight get a
-# transport ERROR (their wrappers compile locally) and the next job starts a
-# new session.  The wrapper's side is connect_relay(), which hides the lock,
-# the start and the socket.
+# transport ERROR (their wrappers compile locally) and the next job starts
+# a new session.  Wrappers call connect_relay(), which hides the rest.
 
 
 def state_dir(config):
-    """Create (0700) and check $DISTCC_DIR, with its slots/ and jobs/;
-    return its path.  Raises UsageError if it is not ours or others can
-    write to it."""
+    """Create $DISTCC_DIR (0700) with its slots/ and jobs/; return its path.
+    Raises UsageError if it is not ours or others can write to it."""
     path = config.dir
     own = "set DISTCC_DIR to a directory you own"
     try:
@@ -2067,13 +2065,11 @@ def connect_relay(config, host):
 
 
 def start_relay(config, host, sock_path, lock_path):
-    """Start HOST's relay unless another process is starting or running it:
-    a fresh `distcc.py --relay` in its own session in /, which holds no
-    descriptor of the build's (make waits for its pipes to close), no build
-    directory (umount must work) and says what it is in ps.  What the build
-    gave as relative paths is made absolute for it.
-    Raises UsageError for a DISTCC_SSH that cannot be split: here, where
-    the build sees it, not in the detached relay."""
+    """Start HOST's relay as `distcc.py --relay` (so named in ps) unless
+    another process is starting or running it.  It runs in its own session
+    in /, holding no build descriptor (make waits for them) or directory
+    (umount must work).  Raises UsageError for a DISTCC_SSH that cannot be
+    split: here, where the build sees it, not in the detached relay."""
     ssh = config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -2106,8 +2102,7 @@ def start_relay(config, host, sock_path, lock_path):
             listener.listen(128)
             fds = (listener.fileno(), fd)
             null = subprocess.DEVNULL
-            # Until the relay forks (relay_main): no zombie is left, nor a
-            # child that Python would warn of as "still running".
+            # relay_main forks at once: no zombie, no "still running" warning.
             subprocess.call(["/bin/sh", os.path.realpath(__file__),
                              "--relay", host.spec] + [str(n) for n in fds],
                             stdin=null, stdout=null, stderr=null, cwd="/",
@@ -2117,8 +2112,7 @@ def start_relay(config, host, sock_path, lock_path):
 
 
 def absolute_ssh(argv):
-    """ARGV (ssh and its options) with the files of -F, -i and -E made
-    absolute, whether the value is glued to the option or follows it."""
+    """Return ARGV with the files of ssh's -F, -i and -E made absolute."""
     argv = list(argv)
     for i, arg in enumerate(argv[1:], 1):
         if arg[:2] in ("-F", "-i", "-E") and len(arg) > 2:
@@ -2142,8 +2136,7 @@ def relay_main(config, args):
     os.write(lock_fd, b"%d\n" % os.getpid())
     relay = Relay(host, config, listener)
     import signal
-    # SIGTERM (distcc.py --stop) ends the accept loop through the finally
-    # below, which removes the socket, closes ssh and ends its master.
+    # SIGTERM (distcc.py --stop) ends serve() through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     trace("relay for %s listening on %s" % (host.spec, sock_path))
     stopped = False
@@ -2193,8 +2186,7 @@ class Relay:
         with self.connect_lock:
             if self.session is not None and self.session.failure is None:
                 return self.session
-            # Jobs queued behind a failed connect fail at once instead of
-            # each paying for another handshake with a dead host.
+            # Queued jobs fail at once rather than each retry a dead host.
             if self.connect_failure and time.monotonic() - \
                     self.connect_failure[0] < RELAY_RECONNECT_DELAY:
                 raise TransportError(self.connect_failure[1])
@@ -2327,9 +2319,8 @@ class Relay:
 
 
 def relay_stop(config):
-    """Stop every relay in DISTCC_DIR and its ssh master (by the pid in its
-    lockfile) and forget every backoff; return how many stopped.  A lockfile
-    nobody holds locked names no relay: its pid may be anybody's now."""
+    """Stop every relay in DISTCC_DIR (by the pid in its lockfile) and its
+    ssh master, and forget every backoff; return how many stopped."""
     import glob
     import signal
     stopped = 0
@@ -2340,7 +2331,7 @@ def relay_stop(config):
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            continue                # not held: no relay runs
+            continue                # no relay: its pid may be anybody's
         except OSError:
             pid = os.pread(fd, 32, 0).strip()
         finally:
@@ -2511,8 +2502,7 @@ class Session:
             if self.failure is not None:
                 raise TransportError(self.failure)
             if not self.pending:
-                # Silence counts from now: a build may pause longer
-                # than the I/O timeout between two jobs.
+                # A build may pause past the I/O timeout between jobs.
                 self.last_heard = time.monotonic()
             job_id, self.next_id = self.next_id, self.next_id % 0xFFFFFFFE + 1
             self.pending[job_id] = frames
@@ -2527,12 +2517,10 @@ class Session:
             self.fail("cannot write to ssh: %s" % e)
 
     def wait(self, kind, frames, tell=None, timeout=None, gone=None):
-        """Wait for the answer to the job start() gave the queue FRAMES for;
-        return (type, body), or (None, None) once GONE() says its waiter gave
-        up or TELL fails.  TELL(body) gets the host's PROGRESS bodies for the
-        job (as marshal), and an empty one every PROGRESS_INTERVAL of
-        silence.  Past TIMEOUT seconds without an answer, or the I/O timeout
-        of silence from a stopped or wedged host, the session is failed."""
+        """Return the (type, body) answer from queue FRAMES, or (None, None)
+        once GONE() is true or TELL fails; TELL gets each PROGRESS, and an
+        empty one every PROGRESS_INTERVAL of silence.  Fails the session past
+        TIMEOUT, or the I/O timeout of silence (a stopped or wedged host)."""
         import queue
         now = time.monotonic()
         deadline = now + (float("inf") if timeout is None else timeout)
@@ -2564,8 +2552,7 @@ class Session:
                     return None, None   # the wrapper is gone
 
     def cancel(self, job_id):
-        """Nobody waits for job JOB_ID any more: forget it, and have the
-        server drop it or stop its compiler."""
+        """Forget job JOB_ID; the server drops it or stops its compiler."""
         with self.lock:
             self.pending.pop(job_id, None)
         self.send(CANCEL, job_id, [b""])
@@ -2596,9 +2583,8 @@ class Session:
 
 
 def relay_progress(body):
-    """Check the host's PROGRESS BODY (JSON, or None for a beat of the
-    relay's own) and return it as marshal for the wrapper: only a known
-    state and a number of CPU seconds pass."""
+    """Return the host's PROGRESS BODY (JSON; None for the relay's own beat)
+    as marshal for the wrapper, with only a known state and CPU seconds."""
     try:
         meta = load_meta(bytes(body)) if body else {}
     except ProtocolError:
@@ -2611,10 +2597,9 @@ def relay_progress(body):
 
 
 def find_banner(f):
-    """Read past shell noise up to the server's banner line; return the
-    server's (version, CPU count or None, sandbox: "bwrap" or "none").
-    Raises ProtocolError showing what came instead, or TransportError on EOF
-    (the caller knows why ssh ended)."""
+    """Read past shell noise to the server's banner; return its (version,
+    CPU count or None, sandbox: "bwrap" or "none").  Raises ProtocolError
+    showing what came instead, TransportError on EOF (ssh's exit says why)."""
     seen = bytearray()
     while len(seen) <= BANNER_NOISE_LIMIT:
         line = f.readline(BANNER_NOISE_LIMIT)
