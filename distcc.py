@@ -2129,7 +2129,6 @@ def relay_main(config, args):
     import socket
     host = parse_host(args[0])
     listener, lock_fd = socket.socket(fileno=int(args[1])), int(args[2])
-    sock_path = relay_paths(config, host)[0]
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "relay"
     os.ftruncate(lock_fd, 0)
@@ -2138,7 +2137,7 @@ def relay_main(config, args):
     import signal
     # SIGTERM (distcc.py --stop) ends serve() through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    trace("relay for %s listening on %s" % (host.spec, sock_path))
+    trace("relay for %s listening on %s" % (host.spec, listener.getsockname()))
     stopped = False
     try:
         relay.serve()
@@ -2147,7 +2146,7 @@ def relay_main(config, args):
     except Exception as e:  # noqa: BLE001  a detached relay reports and ends
         warn("relay for %s failed: %s" % (host.spec, e))
     finally:
-        relay.shutdown(sock_path)
+        relay.shutdown()
         if stopped:
             import subprocess
             argv = build_ssh_argv(config.ssh_command, host, config.dir)
@@ -2212,9 +2211,8 @@ class Relay:
             key = (path, os.stat(path).st_mtime)
         except OSError:
             raise Rejected("local compiler %s has gone" % path)
-        if key not in self.local_identities:
-            self.local_identities[key] = compiler_identity(path)
-        ours = self.local_identities[key]
+        ours = self.local_identities.get(key) or compiler_identity(path)
+        self.local_identities[key] = ours
         if theirs == ours:
             return
         with self.lock:
@@ -2298,10 +2296,10 @@ class Relay:
                 if e.errno != errno.ECONNABORTED:  # EINTR is retried
                     raise
 
-    def shutdown(self, sock_path):
+    def shutdown(self):
         """Stop taking wrappers, serve those already queued, close ssh."""
         try:
-            os.unlink(sock_path)
+            os.unlink(self.listener.getsockname())
         except FileNotFoundError:
             pass  # a wrapper-side cleanup got there first
         # Serve the wrappers that reached the backlog before the unlink.
