@@ -2066,10 +2066,9 @@ def connect_relay(config, host):
 
 def start_relay(config, host, sock_path, lock_path):
     """Start HOST's relay as `distcc.py --relay` (so named in ps) unless
-    another process is starting or running it.  It runs in its own session
-    in /, holding no build descriptor (make waits for them) or directory
-    (umount must work).  Raises UsageError for a DISTCC_SSH that cannot be
-    split: here, where the build sees it, not in the detached relay."""
+    another process is starting or running it: in / (so umount works), in
+    its own session, without the build's descriptors (make waits on them).
+    Raises UsageError for a bad DISTCC_SSH here, where the build sees it."""
     ssh = config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -2157,8 +2156,7 @@ def relay_main(config, args):
 
 
 def hung_up(sock):
-    """Whether the peer of Unix socket SOCK has closed it, not just its
-    writing half (a wrapper waiting for its answer has done that)."""
+    """Whether SOCK's peer has closed it, not just shut its writing half."""
     poller = select.poll()
     poller.register(sock, select.POLLHUP)    # POLLERR comes unasked
     return bool(poller.poll(0))
@@ -2302,7 +2300,6 @@ class Relay:
             os.unlink(self.listener.getsockname())
         except FileNotFoundError:
             pass  # a wrapper-side cleanup got there first
-        # Serve the wrappers that reached the backlog before the unlink.
         self.listener.setblocking(False)
         try:
             while True:
@@ -2349,14 +2346,12 @@ def relay_stop(config):
 
 
 def build_ssh_argv(ssh_command, host, control_dir):
-    """Return the argv that runs the server on HOST over ssh.
-    SSH_COMMAND is DISTCC_SSH already split once with shlex."""
+    """Return the argv that runs the server on HOST over ssh."""
     import shlex
     # Never prompt for a password or a host key in the middle of a build.
     argv = list(ssh_command) + ["-o", "BatchMode=yes"]
-    # One ControlMaster per host (a respawned relay reconnects without a
-    # handshake), unless its socket's path would be too long: ssh binds it
-    # as PATH.<16 random characters>, and %C is a 40-character hash.
+    # One ControlMaster per host (a new relay skips the handshake) if ssh's
+    # socket fits: PATH.<16 random characters>, with %C a 40-character hash.
     path = os.path.join(control_dir, "cm-%C")
     if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
             SOCKET_PATH_LIMIT:
@@ -2532,8 +2527,7 @@ class Session:
             if got not in (None, PROGRESS):
                 return got, body
             now = time.monotonic()
-            if now >= deadline:
-                # fail() answers every job in flight, this one too.
+            if now >= deadline:     # fail() answers this job too
                 self.fail("no answer to a %s in %d s"
                           % (FRAME_NAMES[kind], timeout))
             elif now - self.last_heard > self.config.io_timeout:
@@ -2557,8 +2551,7 @@ class Session:
 
     def identity(self, compiler):
         """Return the host's identity of COMPILER, asked once a session.
-        Raises Rejected if the host lacks it, TransportError if the session
-        dies."""
+        Raises Rejected if the host lacks it, TransportError as call() does."""
         with self.identity_lock:    # the first caller asks, the others wait
             if compiler not in self.identities:
                 try:
