@@ -1927,15 +1927,13 @@ def summarize_if_idle(config):
 # $DISTCC_DIR, detaches, and multiplexes every wrapper's JOB (renumbered),
 # the host's PROGRESS and its answer over one ssh session; a wrapper that
 # hangs up has its job CANCELled.  If ssh dies, the jobs in flight get a
-# transport ERROR (their wrappers compile locally) and the next job starts a
-# new session.  The wrapper's side is connect_relay(), which hides the lock,
-# the start and the socket.
+# transport ERROR (their wrappers compile locally) and the next job starts
+# a new session.  Wrappers call connect_relay(), which hides the rest.
 
 
 def state_dir(config):
-    """Create (0700) and check $DISTCC_DIR, with its slots/ and jobs/;
-    return its path.  Raises UsageError if it is not ours or others can
-    write to it."""
+    """Create $DISTCC_DIR (0700) with its slots/ and jobs/; return its path.
+    Raises UsageError if it is not ours or others can write to it."""
     path = config.dir
     own = "set DISTCC_DIR to a directory you own"
     try:
@@ -2000,13 +1998,10 @@ def connect_relay(config, host):
 
 
 def start_relay(config, host, sock_path, lock_path):
-    """Start HOST's relay unless another process is starting or running it:
-    a fresh `distcc.py --relay` in its own session in /, which holds no
-    descriptor of the build's (make waits for its pipes to close), no build
-    directory (umount must work) and says what it is in ps.  What the build
-    gave as relative paths is made absolute for it.
-    Raises UsageError for a DISTCC_SSH that cannot be split: here, where
-    the build sees it, not in the detached relay."""
+    """Start HOST's relay as `distcc.py --relay` (so named in ps) unless
+    another process is starting or running it: in / (so umount works), in
+    its own session, without the build's descriptors (make waits on them).
+    Raises UsageError for a bad DISTCC_SSH here, where the build sees it."""
     ssh = config.ssh_command
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -2021,12 +2016,25 @@ def start_relay(config, host, sock_path, lock_path):
             ENV_DIR: config.dir, ENV_SSH: shlex.join(absolute_ssh(ssh))})
         if Log.path:
             env[ENV_LOG] = os.path.abspath(Log.path)
+        # We hold the lock, so no live relay owns a socket found here.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            if probe.connect_ex(sock_path) == 0:
+                raise TransportError("a relay answers on %s without holding "
+                                     "its lock" % sock_path)
+        try:
+            os.unlink(sock_path)
+        except FileNotFoundError:
+            pass  # nothing stale to remove
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
-            bind_listener(listener, sock_path)
+            old = os.umask(0o177)
+            try:
+                listener.bind(sock_path)
+            finally:
+                os.umask(old)
+            listener.listen(128)
             fds = (listener.fileno(), fd)
             null = subprocess.DEVNULL
-            # Until the relay forks (relay_main): no zombie is left, nor a
-            # child that Python would warn of as "still running".
+            # relay_main forks at once: no zombie, no "still running" warning.
             subprocess.call(["/bin/sh", os.path.realpath(__file__),
                              "--relay", host.spec] + [str(n) for n in fds],
                             stdin=null, stdout=null, stderr=null, cwd="/",
@@ -2035,29 +2043,8 @@ def start_relay(config, host, sock_path, lock_path):
         os.close(fd)
 
 
-def bind_listener(listener, sock_path):
-    """Bind LISTENER to SOCK_PATH (mode 0600) and listen, replacing a stale
-    socket.  The caller holds the relay lock, so no live relay owns it."""
-    import socket
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        if probe.connect_ex(sock_path) == 0:
-            raise TransportError("a relay answers on %s without holding its "
-                                 "lock" % sock_path)
-    try:
-        os.unlink(sock_path)
-    except FileNotFoundError:
-        pass  # nothing stale to remove
-    old = os.umask(0o177)
-    try:
-        listener.bind(sock_path)
-    finally:
-        os.umask(old)
-    listener.listen(128)
-
-
 def absolute_ssh(argv):
-    """ARGV (ssh and its options) with the files of -F, -i and -E made
-    absolute, whether the value is glued to the option or follows it."""
+    """Return ARGV with the files of ssh's -F, -i and -E made absolute."""
     argv = list(argv)
     for i, arg in enumerate(argv[1:], 1):
         if arg[:2] in ("-F", "-i", "-E") and len(arg) > 2:
@@ -2074,17 +2061,15 @@ def relay_main(config, args):
     import socket
     host = parse_host(args[0])
     listener, lock_fd = socket.socket(fileno=int(args[1])), int(args[2])
-    sock_path = relay_paths(config, host)[0]
     gc.enable()                     # long-lived: the launcher turned it off
     Log.role = "relay"
     os.ftruncate(lock_fd, 0)
     os.write(lock_fd, b"%d\n" % os.getpid())
     relay = Relay(host, config, listener)
     import signal
-    # SIGTERM (distcc.py --stop) ends the accept loop through the finally
-    # below, which removes the socket, closes ssh and ends its master.
+    # SIGTERM (distcc.py --stop) ends serve() through the finally below.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    trace("relay for %s listening on %s" % (host.spec, sock_path))
+    trace("relay for %s listening on %s" % (host.spec, listener.getsockname()))
     stopped = False
     try:
         relay.serve()
@@ -2093,7 +2078,7 @@ def relay_main(config, args):
     except Exception as e:  # noqa: BLE001  a detached relay reports and ends
         warn("relay for %s failed: %s" % (host.spec, e))
     finally:
-        relay.shutdown(sock_path)
+        relay.shutdown()
         if stopped:
             import subprocess
             argv = build_ssh_argv(config.ssh_command, host, config.dir)
@@ -2104,8 +2089,7 @@ def relay_main(config, args):
 
 
 def hung_up(sock):
-    """Whether the peer of Unix socket SOCK has closed it, not just its
-    writing half (a wrapper waiting for its answer has done that)."""
+    """Whether SOCK's peer has closed it, not just shut its writing half."""
     poller = select.poll()
     poller.register(sock, select.POLLHUP)    # POLLERR comes unasked
     return bool(poller.poll(0))
@@ -2132,8 +2116,7 @@ class Relay:
         with self.connect_lock:
             if self.session is not None and self.session.failure is None:
                 return self.session
-            # Jobs queued behind a failed connect fail at once instead of
-            # each paying for another handshake with a dead host.
+            # Queued jobs fail at once rather than each retry a dead host.
             if self.connect_failure and time.monotonic() - \
                     self.connect_failure[0] < RELAY_RECONNECT_DELAY:
                 raise TransportError(self.connect_failure[1])
@@ -2159,9 +2142,8 @@ class Relay:
             key = (path, os.stat(path).st_mtime)
         except OSError:
             raise Rejected("local compiler %s has gone" % path)
-        if key not in self.local_identities:
-            self.local_identities[key] = compiler_identity(path)
-        ours = self.local_identities[key]
+        ours = self.local_identities.get(key) or compiler_identity(path)
+        self.local_identities[key] = ours
         if theirs == ours:
             return
         with self.lock:
@@ -2245,13 +2227,12 @@ class Relay:
                 if e.errno != errno.ECONNABORTED:  # EINTR is retried
                     raise
 
-    def shutdown(self, sock_path):
+    def shutdown(self):
         """Stop taking wrappers, serve those already queued, close ssh."""
         try:
-            os.unlink(sock_path)
+            os.unlink(self.listener.getsockname())
         except FileNotFoundError:
             pass  # a wrapper-side cleanup got there first
-        # Serve the wrappers that reached the backlog before the unlink.
         self.listener.setblocking(False)
         try:
             while True:
@@ -2266,9 +2247,8 @@ class Relay:
 
 
 def relay_stop(config):
-    """Stop every relay in DISTCC_DIR and its ssh master (by the pid in its
-    lockfile) and forget every backoff; return how many stopped.  A lockfile
-    nobody holds locked names no relay: its pid may be anybody's now."""
+    """Stop every relay in DISTCC_DIR (by the pid in its lockfile) and its
+    ssh master, and forget every backoff; return how many stopped."""
     import glob
     import signal
     stopped = 0
@@ -2279,7 +2259,7 @@ def relay_stop(config):
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            continue                # not held: no relay runs
+            continue                # no relay: its pid may be anybody's
         except OSError:
             pid = os.pread(fd, 32, 0).strip()
         finally:
@@ -2299,14 +2279,12 @@ def relay_stop(config):
 
 
 def build_ssh_argv(ssh_command, host, control_dir):
-    """Return the argv that runs the server on HOST over ssh.
-    SSH_COMMAND is DISTCC_SSH already split once with shlex."""
+    """Return the argv that runs the server on HOST over ssh."""
     import shlex
     # Never prompt for a password or a host key in the middle of a build.
     argv = list(ssh_command) + ["-o", "BatchMode=yes"]
-    # One ControlMaster per host (a respawned relay reconnects without a
-    # handshake), unless its socket's path would be too long: ssh binds it
-    # as PATH.<16 random characters>, and %C is a 40-character hash.
+    # One ControlMaster per host (a new relay skips the handshake) if ssh's
+    # socket fits: PATH.<16 random characters>, with %C a 40-character hash.
     path = os.path.join(control_dir, "cm-%C")
     if len(path.encode("utf-8", "surrogateescape")) - 2 + 40 + 17 > \
             SOCKET_PATH_LIMIT:
@@ -2450,8 +2428,7 @@ class Session:
             if self.failure is not None:
                 raise TransportError(self.failure)
             if not self.pending:
-                # Silence counts from now: a build may pause longer
-                # than the I/O timeout between two jobs.
+                # A build may pause past the I/O timeout between jobs.
                 self.last_heard = time.monotonic()
             job_id, self.next_id = self.next_id, self.next_id % 0xFFFFFFFE + 1
             self.pending[job_id] = frames
@@ -2466,12 +2443,10 @@ class Session:
             self.fail("cannot write to ssh: %s" % e)
 
     def wait(self, kind, frames, tell=None, timeout=None, gone=None):
-        """Wait for the answer to the job start() gave the queue FRAMES for;
-        return (type, body), or (None, None) once GONE() says its waiter gave
-        up or TELL fails.  TELL(body) gets the host's PROGRESS bodies for the
-        job (as marshal), and an empty one every PROGRESS_INTERVAL of
-        silence.  Past TIMEOUT seconds without an answer, or the I/O timeout
-        of silence from a stopped or wedged host, the session is failed."""
+        """Return the (type, body) answer from queue FRAMES, or (None, None)
+        once GONE() is true or TELL fails; TELL gets each PROGRESS, and an
+        empty one every PROGRESS_INTERVAL of silence.  Fails the session past
+        TIMEOUT, or the I/O timeout of silence (a stopped or wedged host)."""
         import queue
         now = time.monotonic()
         deadline = now + (float("inf") if timeout is None else timeout)
@@ -2485,8 +2460,7 @@ class Session:
             if got not in (None, PROGRESS):
                 return got, body
             now = time.monotonic()
-            if now >= deadline:
-                # fail() answers every job in flight, this one too.
+            if now >= deadline:     # fail() answers this job too
                 self.fail("no answer to a %s in %d s"
                           % (FRAME_NAMES[kind], timeout))
             elif now - self.last_heard > self.config.io_timeout:
@@ -2503,16 +2477,14 @@ class Session:
                     return None, None   # the wrapper is gone
 
     def cancel(self, job_id):
-        """Nobody waits for job JOB_ID any more: forget it, and have the
-        server drop it or stop its compiler."""
+        """Forget job JOB_ID; the server drops it or stops its compiler."""
         with self.lock:
             self.pending.pop(job_id, None)
         self.send(CANCEL, job_id, [b""])
 
     def identity(self, compiler):
         """Return the host's identity of COMPILER, asked once a session.
-        Raises Rejected if the host lacks it, TransportError if the session
-        dies."""
+        Raises Rejected if the host lacks it, TransportError as call() does."""
         with self.identity_lock:    # the first caller asks, the others wait
             if compiler not in self.identities:
                 try:
@@ -2535,9 +2507,8 @@ class Session:
 
 
 def relay_progress(body):
-    """Check the host's PROGRESS BODY (JSON, or None for a beat of the
-    relay's own) and return it as marshal for the wrapper: only a known
-    state and a number of CPU seconds pass."""
+    """Return the host's PROGRESS BODY (JSON; None for the relay's own beat)
+    as marshal for the wrapper, with only a known state and CPU seconds."""
     try:
         meta = load_meta(bytes(body)) if body else {}
     except ProtocolError:
@@ -2550,10 +2521,9 @@ def relay_progress(body):
 
 
 def find_banner(f):
-    """Read past shell noise up to the server's banner line; return the
-    server's (version, CPU count or None, sandbox: "bwrap" or "none").
-    Raises ProtocolError showing what came instead, or TransportError on EOF
-    (the caller knows why ssh ended)."""
+    """Read past shell noise to the server's banner; return its (version,
+    CPU count or None, sandbox: "bwrap" or "none").  Raises ProtocolError
+    showing what came instead, TransportError on EOF (ssh's exit says why)."""
     seen = bytearray()
     while len(seen) <= BANNER_NOISE_LIMIT:
         line = f.readline(BANNER_NOISE_LIMIT)
