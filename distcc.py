@@ -387,18 +387,13 @@ def error_body(kind, message, encoding=JSON):
     return dump_meta({"kind": kind, "message": message}, encoding)
 
 
-def parse_error_body(body, encoding=JSON):
-    """Return (kind, message) of an ERROR frame's body."""
-    try:
-        err = load_meta(bytes(body), encoding)
-        return str(err["kind"]), str(err["message"])
-    except (ProtocolError, KeyError):
-        raise ProtocolError("malformed ERROR frame")
-
-
 def raise_error_body(body, encoding=JSON):
     """Raise the exception an ERROR frame's body describes."""
-    kind, message = parse_error_body(body, encoding)
+    try:
+        err = load_meta(bytes(body), encoding)
+        kind, message = str(err["kind"]), str(err["message"])
+    except (ProtocolError, KeyError):
+        raise ProtocolError("malformed ERROR frame")
     raise ERROR_KINDS.get(kind, ProtocolError)(message)
 
 
@@ -1073,11 +1068,9 @@ def mark_host_good(config, host):
 # Wrapper
 #
 # What the build runs: scan the command, take a slot, preprocess, send the
-# job through the host's relay, write the object.  A fault on the way means
-# a local compile (an error with DISTCC_FALLBACK=0); a job still queued on a
-# host when a localhost slot frees is taken back, lest this machine idle.
-# Each wrapper keeps a line in $DISTCC_DIR/jobs/PID for --monitor and adds
-# one per job to $DISTCC_DIR/stats: plain files, one writer each, no lock.
+# job through the host's relay and write the object, or compile here.  Each
+# wrapper keeps a line in $DISTCC_DIR/jobs/PID for --monitor and adds one
+# per job to $DISTCC_DIR/stats: plain files, one writer each, no lock.
 
 
 class Config:
@@ -1214,7 +1207,6 @@ def wrapper_main(argv, config):
         finally:
             if not state.done:
                 state.finish("failed", "interrupted")
-            summarize_if_idle(config)
     except LocalOnly as why:
         reason = why.detail
     if state is None:               # count a local compile that tried no host
@@ -1223,7 +1215,6 @@ def wrapper_main(argv, config):
             state.finish("local", reason)
         except UsageError:
             pass  # the remote path reports it; a local compile goes on
-        summarize_if_idle(config)
     if state is not None:           # DISTCC_DIR is usable
         hold_local_slot(config, hosts)
     trace("local: %s: %s" % (reason, " ".join(argv)))
@@ -1896,30 +1887,6 @@ class JobState:
                 os.unlink(self.path)
             except OSError:
                 pass  # already swept as stale by a reader
-
-
-def summarize_if_idle(config):
-    """With DISTCC_VERBOSE, trace a summary of the jobs since the last one
-    when no other job is in flight (a build's end, or a lone step)."""
-    if not Log.verbose or read_job_states(config.dir):
-        return
-    try:
-        fd = os.open(os.path.join(config.dir, "stats.summary"),
-                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    except OSError:
-        return  # no state dir: nothing was recorded
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        text = os.pread(fd, 32, 0).strip()      # where the last one ended
-        offset = int(text) if text.isdigit() else None
-        records, end = read_stats(config.dir, offset)
-        if records:
-            trace("summary: " + format_summary(summarize_stats(records)))
-        os.pwrite(fd, b"%-20d\n" % end, 0)
-    except OSError:
-        pass  # another wrapper is printing it
-    finally:
-        os.close(fd)
 # ---------------------------------------------------------------------------
 # Relay and transport
 #
@@ -2191,9 +2158,8 @@ class Relay:
                     session.cancel(job_id)
                     return
                 if kind == ERROR:
-                    answer = error_body(*parse_error_body(answer), MARSHAL)
-                else:
-                    answer = pack_body(*unpack_body(answer), MARSHAL)
+                    raise_error_body(answer)    # as marshal, below
+                answer = pack_body(*unpack_body(answer), MARSHAL)
             except (TransportError, ProtocolError, Rejected) as e:
                 kind, answer = ERROR, error_body(e.kind, e.detail, MARSHAL)
             write_frame(out, kind, 0, answer)
@@ -2557,10 +2523,10 @@ def noise_note(seen):
 # The stdio loop that runs compilers for a client.  Each JOB gets a temp dir
 # that mirrors the client's paths, so the object records the client's names
 # (prefix maps remove the temp dir from debug info).  Runs only compilers,
-# on text the client preprocessed, in a regular file; every rejection is an
-# ERROR frame.  As many jobs compile at once as it has CPUs, the rest wait
-# in order: sharing a CPU makes a long job late (pinned Brotli build, one
-# CPU, two jobs: 21.5 s; in turn 17.9 s; medians of 5 paired builds).
+# only on text the client preprocessed; every rejection is an ERROR frame.
+# As many jobs compile at once as it has CPUs, the rest wait in order (one
+# CPU, pinned Brotli build: 21.5 s sharing it, 17.9 s in turn; medians of
+# 5 paired builds).
 
 
 def confined_path(root, cwd, name):
@@ -2647,12 +2613,9 @@ class Turns:
         return turn
 
     def release(self, turn):
-        """Give up TURN, held or still queued; the next in line gets it."""
+        """Give up the held TURN; the next in line gets it."""
         with self.lock:
-            if turn in self.waiting:
-                self.waiting.remove(turn)
-                turn.release()          # never held: nothing to hand over
-            elif self.waiting:
+            if self.waiting:
                 self.waiting.pop(0).release()
             else:
                 self.free += 1
@@ -3490,7 +3453,7 @@ def main(argv, invoked_as):
             stats["in_flight"] = read_job_states(config.dir)
             print(json.dumps(stats, indent=2))
         elif argv[0] == "--zero-stats":
-            for name in ("stats", "stats.old", "stats.summary"):
+            for name in ("stats", "stats.old"):
                 try:
                     os.unlink(os.path.join(config.dir, name))
                 except FileNotFoundError:
