@@ -2107,7 +2107,7 @@ class Relay:
         theirs = session.identity(compiler)
         try:
             key = (path, os.stat(path).st_mtime)
-        except OSError:
+        except (OSError, TypeError, ValueError):    # or not a path at all
             raise Rejected("local compiler %s has gone" % path)
         ours = self.local_identities.get(key) or compiler_identity(path)
         self.local_identities[key] = ours

@@ -2958,6 +2958,7 @@ class TestFaults(EndToEnd):
                                       "f/warm.o"]).returncode, 0)
         (sock,) = [os.path.join(self.distcc_dir, n)
                    for n in os.listdir(self.distcc_dir) if n.endswith(".sock")]
+        no_path = distcc.pack_body({"compiler": "gcc"}, [], distcc.MARSHAL)
         cases = [
             (b"GET / HTTP/1.0\r\n\r\n", "magic"),
             (HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0,
@@ -2968,6 +2969,9 @@ class TestFaults(EndToEnd):
              "expected a JOB"),
             (b"".join([HEADER.pack(distcc.MAGIC, distcc.JOB, 0, 0, 3),
                        b"abc"]), "metadata"),
+            # A job our wrapper would never send: no local compiler path.
+            (b"".join([distcc.frame_parts(distcc.JOB, 0, no_path)] +
+                      no_path), "local compiler"),
         ]
         for data, words in cases:
             c = socket.socket(socket.AF_UNIX)
